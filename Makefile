@@ -1,0 +1,27 @@
+# Quickstart: `make test` (sets up, then runs the suite).
+# `make setup` is idempotent: the first run creates .venv and installs everything, later runs check
+# and return in seconds. Override TORCH_SPEC to install another torch build (e.g. a CUDA wheel).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test clean-venv
+
+setup: $(STAMP)
+	@$(PY) tools/install_detectron2.py
+
+$(STAMP): setup.py Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "setup: $(PYTHON) not found; install Python >= 3.9"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	@$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+clean-venv:
+	rm -rf $(VENV)

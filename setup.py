@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ssl-d2-transfer",
+    version="0.1.0",
+    description="Detectron2 transfer benchmark for self-supervised ResNet backbones",
+    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "numpy",
+        "Pillow",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7",
+        "pycocotools>=2.0.2",
+        "faster-coco-eval>=1.5",
+        "lvis",
+        "submitit>=1.4",
+        "yacs>=0.1.8",
+        "pyyaml",
+        "tabulate",
+        "termcolor",
+        "cloudpickle",
+        "tqdm",
+        "omegaconf>=2.1",
+        "hydra-core>=1.1",
+        "matplotlib",
+        "tensorboard",
+        "scipy",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest", "timm"],
+        "bench": ["lightly"],
+    },
+)

@@ -1,0 +1,314 @@
+"""Version quirks of Detectron2, in one place, applied only where something is actually missing.
+
+``import transfer`` calls :func:`apply` before any Detectron2 module is imported. On a source build of
+Detectron2 with compiled ops, and with the libraries Detectron2 0.6 was written against, every fix
+here is a no-op. On the pure-Python Detectron2 0.6 (see :mod:`transfer.d2install`) with numpy 2,
+Pillow 10+ and setuptools 81+ it supplies, and only then:
+
+- ``detectron2._C``: a stand-in whose ops raise a clear error naming the op; it answers the version
+  queries ``default_setup`` makes, and Python introspection of dunder names raises AttributeError;
+- ``detectron2.evaluation.fast_eval_api``: COCO evaluation through faster-coco-eval or pycocotools
+  instead of the compiled fast path;
+- numpy aliases removed in numpy 1.24 (``np.bool``, ``np.int``, ``np.float``, ...), which Detectron2
+  0.6 and ``lvis`` 0.5.3 use as dtypes;
+- ``PIL.Image.LINEAR`` (removed in Pillow 10);
+- ``pkg_resources.resource_filename`` for ``detectron2.model_zoo`` (setuptools 81+ has no
+  ``pkg_resources``).
+
+Two fixes patch Detectron2 modules, when (and only if) those modules are imported and a probe shows
+the problem:
+
+- ``MapDataset``'s fallback for samples its mapper rejects calls ``random.sample`` on a set, which
+  Python 3.11 refuses;
+- ``DetectionCheckpointer`` reads ``.pth`` files with ``torch.load``, whose default became
+  ``weights_only=True`` in torch 2.6, so checkpoints holding numpy arrays or scalars no longer load;
+  numpy's array and scalar constructors are allowed for those loads (still ``weights_only``).
+
+Each fix records its name in :data:`APPLIED`; nothing else in the project patches Detectron2.
+"""
+import builtins
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import io
+import os
+import random
+import sys
+import types
+
+APPLIED = []
+
+_NUMPY_ALIASES = {"bool": builtins.bool, "int": builtins.int, "float": builtins.float,
+                  "complex": builtins.complex, "object": builtins.object, "str": builtins.str}
+
+_OP_FEATURES = (
+    ("deform_conv", "deformable convolution"),
+    ("rotated", "rotated boxes"),
+    ("COCOeval", "the compiled COCO evaluation"),
+    ("InstanceAnnotation", "the compiled COCO evaluation"),
+)
+
+
+class CompiledOpMissing(RuntimeError):
+    """A Detectron2 op that needs the compiled extension was called on a pure-Python install."""
+
+
+class _MissingCompiledModule(types.ModuleType):
+    """Stands in for ``detectron2._C`` when Detectron2 was installed without compiled ops."""
+
+    is_standin = True
+
+    def get_compiler_version(self):
+        return "none (pure-Python Detectron2, no compiled ops)"
+
+    def get_cuda_version(self):
+        return "none (pure-Python Detectron2, no compiled ops)"
+
+    def has_cuda(self):
+        return False
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        feature = next((f for key, f in _OP_FEATURES if key in name), "this operation")
+        message = (f"detectron2 op '{name}' ({feature}) needs Detectron2's compiled extension, which "
+                   "this pure-Python install lacks; build Detectron2 from source to use it")
+
+        def missing_op(*args, **kwargs):
+            raise CompiledOpMissing(message)
+
+        missing_op.__name__ = name
+        return missing_op
+
+
+def _detectron2_dirs():
+    """Directories of the detectron2 package, found without importing it (None if absent)."""
+    try:
+        spec = importlib.util.find_spec("detectron2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)
+
+
+def has_compiled_ops():
+    """True when the installed Detectron2 has its compiled ``_C`` extension."""
+    current = sys.modules.get("detectron2._C")
+    if current is not None:
+        return not getattr(current, "is_standin", False)
+    dirs = _detectron2_dirs()
+    return bool(dirs) and importlib.machinery.PathFinder.find_spec("_C", dirs) is not None
+
+
+def _fix_compiled_ops():
+    if _detectron2_dirs() is None or has_compiled_ops():
+        return
+    module = _MissingCompiledModule("detectron2._C")
+    module.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", None,
+                                                     origin="transfer.d2compat stand-in")
+    sys.modules["detectron2._C"] = module
+    APPLIED.append("detectron2._C")
+    # detectron2.evaluation imports fast_eval_api, which needs _C; serve COCOeval_opt from a
+    # backend that exists. Detectron2 then imports this module instead of its own.
+    if "detectron2.evaluation.fast_eval_api" not in sys.modules:
+        from transfer.coco_eval import coco_eval_class
+
+        fast = types.ModuleType("detectron2.evaluation.fast_eval_api")
+        fast.__doc__ = "COCOeval_opt without compiled ops (set by transfer.d2compat)"
+        fast.COCOeval_opt = coco_eval_class()
+        sys.modules[fast.__name__] = fast
+        APPLIED.append("detectron2.evaluation.fast_eval_api")
+
+
+def _fix_numpy():
+    import numpy as np
+
+    # vars(): hasattr would go through numpy's __getattr__, which warns for removed aliases
+    missing = {k: v for k, v in _NUMPY_ALIASES.items() if k not in vars(np)}
+    for name, value in missing.items():
+        setattr(np, name, value)
+    if missing:
+        APPLIED.append("numpy aliases: " + ",".join(sorted(missing)))
+
+
+def _fix_pil():
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        APPLIED.append("PIL.Image.LINEAR")
+
+
+def _resource_filename(package_or_requirement, resource_name):
+    import importlib.resources
+
+    return str(importlib.resources.files(package_or_requirement).joinpath(resource_name))
+
+
+def _resource_exists(package_or_requirement, resource_name):
+    return os.path.exists(_resource_filename(package_or_requirement, resource_name))
+
+
+def _fix_pkg_resources():
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        return
+    module = types.ModuleType("pkg_resources")
+    module.__doc__ = "resource_filename for detectron2.model_zoo (set by transfer.d2compat)"
+    module.resource_filename = _resource_filename
+    module.resource_exists = _resource_exists
+    module.__spec__ = importlib.machinery.ModuleSpec("pkg_resources", None,
+                                                     origin="transfer.d2compat stand-in")
+    sys.modules["pkg_resources"] = module
+    APPLIED.append("pkg_resources")
+
+
+# ------------------------------------------------------------------ fixes to Detectron2's own modules
+
+def _python_refuses_sample_of_set():
+    try:
+        random.Random(0).sample({0, 1}, k=1)
+    except TypeError:
+        return True
+    return False
+
+
+def _fix_map_dataset(module):
+    """MapDataset falls back to another index when its mapper returns None (Python 3.11 safe)."""
+    MapDataset = module.MapDataset
+    if getattr(MapDataset, "_fallback_fixed", False) or not _python_refuses_sample_of_set():
+        return
+    logger = module.logging.getLogger(module.__name__)
+
+    def __getitem__(self, idx):
+        # as Detectron2 0.6, but draws the fallback index from a sorted list, not from a set
+        retries, current = 0, int(idx)
+        while True:
+            data = self._map_func(self._dataset[current])
+            if data is not None:
+                self._fallback_candidates.add(current)
+                return data
+            retries += 1
+            self._fallback_candidates.discard(current)
+            current = self._rng.choice(sorted(self._fallback_candidates))
+            if retries >= 3:
+                logger.warning(f"Failed to apply `_map_func` for idx: {idx}, retry count: {retries}")
+
+    MapDataset.__getitem__ = __getitem__
+    MapDataset._fallback_fixed = True
+    APPLIED.append("MapDataset fallback (random.sample of a set)")
+
+
+# numpy's pickled arrays and scalars name these; old files use numpy.core, numpy 2 numpy._core
+def _numpy_globals():
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    names = []
+    for obj in (core.multiarray._reconstruct, core.multiarray.scalar):
+        names += [obj, (obj, f"numpy.core.multiarray.{obj.__name__}")]
+    dtype_classes = [c for c in vars(getattr(np, "dtypes", types)).values()
+                     if isinstance(c, type) and issubclass(c, np.dtype)]
+    return names + [np.ndarray, np.dtype] + dtype_classes
+
+
+def _torch_load_refuses_numpy():
+    import numpy as np
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"x": np.zeros(1)}, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer)
+    except Exception:  # torch raises pickle.UnpicklingError for unlisted globals
+        return hasattr(torch.serialization, "safe_globals")
+    return False
+
+
+@contextlib.contextmanager
+def numpy_safe_torch_load():
+    """Within this context, ``torch.load`` (weights_only) also accepts numpy arrays and scalars."""
+    import torch
+
+    if not hasattr(torch.serialization, "safe_globals"):
+        yield
+        return
+    with torch.serialization.safe_globals(_numpy_globals()):
+        yield
+
+
+def _fix_checkpointer(module):
+    Checkpointer = module.DetectionCheckpointer
+    if getattr(Checkpointer, "_numpy_fixed", False) or not _torch_load_refuses_numpy():
+        return
+    original = Checkpointer._load_file
+
+    def _load_file(self, filename):
+        with numpy_safe_torch_load():
+            return original(self, filename)
+
+    Checkpointer._load_file = _load_file
+    Checkpointer._numpy_fixed = True
+    APPLIED.append("DetectionCheckpointer numpy in .pth")
+
+
+_MODULE_FIXES = {
+    "detectron2.data.common": _fix_map_dataset,
+    "detectron2.checkpoint.detection_checkpoint": _fix_checkpointer,
+}
+
+
+class _FixingLoader(importlib.abc.Loader):
+    def __init__(self, loader, fix):
+        self._loader, self._fix = loader, fix
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._fix(module)
+
+
+class _PostImportFixer(importlib.abc.MetaPathFinder):
+    """Runs a fix on a Detectron2 module right after it is imported, wherever it is imported from."""
+
+    def find_spec(self, name, path, target=None):
+        fix = _MODULE_FIXES.get(name)
+        if fix is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _FixingLoader(spec.loader, fix)
+                return spec
+        return None
+
+
+def _install_module_fixes():
+    for name, fix in _MODULE_FIXES.items():
+        if name in sys.modules:
+            fix(sys.modules[name])
+    if not any(isinstance(f, _PostImportFixer) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PostImportFixer())
+
+
+_DONE = False
+
+
+def apply():
+    """Apply every fix that is needed; idempotent."""
+    global _DONE
+    if _DONE:
+        return
+    _DONE = True
+    _fix_numpy()
+    _fix_pil()
+    _fix_pkg_resources()
+    _fix_compiled_ops()
+    _install_module_fixes()
