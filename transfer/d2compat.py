@@ -22,7 +22,9 @@ the problem:
   Python 3.11 refuses;
 - ``DetectionCheckpointer`` reads ``.pth`` files with ``torch.load``, whose default became
   ``weights_only=True`` in torch 2.6, so checkpoints holding numpy arrays or scalars no longer load;
-  numpy's array and scalar constructors are allowed for those loads (still ``weights_only``).
+  numpy's array and scalar constructors are allowed for those loads (still ``weights_only``);
+- ``create_ddp_model`` passes ``device_ids=[local_rank]``, which DistributedDataParallel rejects for a
+  model on the CPU (multi-process CPU training with gloo); CPU models get ``device_ids=None``.
 
 Each fix records its name in :data:`APPLIED`; nothing else in the project patches Detectron2.
 """
@@ -254,9 +256,27 @@ def _fix_checkpointer(module):
     APPLIED.append("DetectionCheckpointer numpy in .pth")
 
 
+def _fix_create_ddp_model(module):
+    original = module.create_ddp_model
+    if getattr(original, "_cpu_fixed", False):
+        return
+
+    def create_ddp_model(model, **kwargs):
+        params = list(model.parameters())
+        if params and params[0].device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    create_ddp_model._cpu_fixed = True
+    create_ddp_model.__doc__ = original.__doc__
+    module.create_ddp_model = create_ddp_model
+    APPLIED.append("create_ddp_model on CPU")
+
+
 _MODULE_FIXES = {
     "detectron2.data.common": _fix_map_dataset,
     "detectron2.checkpoint.detection_checkpoint": _fix_checkpointer,
+    "detectron2.engine.defaults": _fix_create_ddp_model,
 }
 
 

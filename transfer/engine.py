@@ -1,0 +1,215 @@
+"""Training and evaluation of a transfer run on Detectron2's engine.
+
+:class:`TransferTrainer` is Detectron2's ``DefaultTrainer`` with the evaluators of the benchmark's
+datasets (COCO boxes/masks/keypoints, LVIS, VOC), precise BN whose statistics are averaged over all
+processes, and checkpoints that carry the RNG states, so that a resumed run continues as the
+uninterrupted one would. :func:`launch` starts one process per GPU, or per CPU worker with gloo.
+"""
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import (COCOEvaluator, DatasetEvaluators, LVISEvaluator,
+                                   PascalVOCDetectionEvaluator)
+from detectron2.utils import comm
+
+from transfer.coco_eval import has_faster_coco_eval
+
+logger = logging.getLogger(__name__)
+
+
+def use_fastest_coco_eval():
+    """Route Detectron2's fast COCO evaluation through faster-coco-eval when it is installed.
+
+    Identical numbers to pycocotools (tested), several times faster on large sets.
+    """
+    if has_faster_coco_eval():
+        import detectron2.evaluation.coco_evaluation as coco_evaluation
+        from transfer.coco_eval import coco_eval_class
+
+        coco_evaluation.COCOeval_opt = coco_eval_class()
+
+
+class PreciseBNAllProcesses(hooks.PreciseBN):
+    """Precise BN whose recomputed statistics are the average over all processes.
+
+    Detectron2's hook recomputes BN statistics on each process's own batches; BN layers that are not
+    synchronised would then hold one rank's numbers. Here every BN buffer is all-reduced afterwards.
+    """
+
+    def update_stats(self):
+        super().update_stats()
+        if comm.get_world_size() == 1 or self._disabled:
+            return
+        for bn in self._bn_layers:
+            for buffer in (bn.running_mean, bn.running_var):
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer /= comm.get_world_size()
+
+
+class RNGStateHook(hooks.HookBase):
+    """Saves the RNG states with every checkpoint and restores them on resume (exact continuation)."""
+
+    def state_dict(self):
+        return {"torch": torch.get_rng_state(), "numpy": _numpy_state_to_tensors(np.random.get_state()),
+                "python": _python_state_to_tensors(random.getstate())}
+
+    def load_state_dict(self, state):
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_state_from_tensors(state["numpy"]))
+        random.setstate(_python_state_from_tensors(state["python"]))
+
+
+def _numpy_state_to_tensors(state):
+    name, keys, pos, has_gauss, gauss = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "gauss": float(gauss), "name": name}
+
+
+def _numpy_state_from_tensors(state):
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["gauss"])
+
+
+def _python_state_to_tensors(state):
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_from_tensors(state):
+    return (state["version"], tuple(int(v) for v in state["internal"].tolist()), state["gauss"])
+
+
+class TransferTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        rng = RNGStateHook()
+        self.register_hooks([rng])
+        self.checkpointer.checkpointables["rng"] = rng
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type == "coco":
+            use_fastest_coco_eval()
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "lvis":
+            return LVISEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise ValueError(f"no evaluator for dataset {dataset_name} (evaluator_type {evaluator_type!r})")
+
+    def build_hooks(self):
+        built = super().build_hooks()
+        for i, hook in enumerate(built):
+            if type(hook) is hooks.PreciseBN:
+                built[i] = PreciseBNAllProcesses(
+                    self.cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(self.cfg),
+                    self.cfg.TEST.PRECISE_BN.NUM_ITER)
+        return built
+
+
+# --------------------------------------------------------------------------------------------- results
+
+def backbone_label(cfg):
+    if cfg.TRANSFER.BACKBONE_NAME:
+        return cfg.TRANSFER.BACKBONE_NAME
+    if cfg.MODEL.WEIGHTS:
+        name = os.path.basename(cfg.MODEL.WEIGHTS)
+        for ext in (".pth.tar", ".pkl", ".pth", ".pt"):
+            if name.endswith(ext):
+                return name[: -len(ext)]
+        return os.path.splitext(name)[0]
+    return "random"
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def results_record(cfg, task, metrics):
+    """The results.json record (DESIGN.md artifact 3) of a finished run."""
+    if metrics and all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+                       for v in metrics.values()):
+        # several test datasets: {dataset: {family: {metric: value}}}; the first is the run's
+        by_dataset = metrics
+        metrics = next(iter(by_dataset.values()))
+    else:
+        by_dataset = None
+    clean = {family: {k: _finite_or_none(v) for k, v in values.items()} for family, values in metrics.items()}
+    record = {"backbone": backbone_label(cfg), "task": task, "mode": cfg.TRANSFER.MODE, "seed": int(cfg.SEED),
+              "weights": cfg.MODEL.WEIGHTS, "iterations": int(cfg.SOLVER.MAX_ITER), "metrics": clean}
+    if by_dataset is not None and len(by_dataset) > 1:
+        record["datasets"] = {name: {f: {k: _finite_or_none(v) for k, v in vals.items()}
+                                     for f, vals in fams.items()} for name, fams in by_dataset.items()}
+    return record
+
+
+def write_json_atomic(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- launch
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(rank, world_size, local_rank, local_world_size, dist_url, backend=None,
+                     timeout=datetime.timedelta(minutes=30)):
+    """Join the process group and set Detectron2's local process group (what its ``launch`` does)."""
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
+                            timeout=timeout)
+    num_machines = world_size // local_world_size
+    machine = rank // local_world_size
+    for i in range(num_machines):
+        group = dist.new_group(list(range(i * local_world_size, (i + 1) * local_world_size)))
+        if i == machine:
+            comm._LOCAL_PROCESS_GROUP = group
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+
+
+def _worker(local_rank, main_func, world_size, local_world_size, machine_rank, dist_url, args):
+    rank = machine_rank * local_world_size + local_rank
+    init_distributed(rank, world_size, local_rank, local_world_size, dist_url)
+    main_func(*args)
+
+
+def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0, dist_url="auto", args=()):
+    """Run ``main_func(*args)`` in one process per GPU (NCCL), or per CPU worker (gloo) without CUDA."""
+    world_size = num_machines * num_processes_per_machine
+    if world_size <= 1:
+        return main_func(*args)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if torch.cuda.is_available() and num_processes_per_machine > torch.cuda.device_count():
+        raise ValueError(f"--num-gpus {num_processes_per_machine} but this machine has "
+                         f"{torch.cuda.device_count()} GPUs")
+    torch.multiprocessing.start_processes(
+        _worker, nprocs=num_processes_per_machine,
+        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args),
+        daemon=False, start_method="spawn")

@@ -1,0 +1,87 @@
+"""Run one published transfer setting on a backbone: train, evaluate, write ``results.json``.
+
+    python -m transfer.train_net --config-file configs/transfer/<name>.yaml [--num-gpus N]
+        [--num-machines M --machine-rank R --dist-url URL] [--eval-only] [--resume] KEY VALUE ...
+
+Detectron2's argument conventions. Before any model is built this checks the config (duplicate keys,
+the weights' meta, the mode) and the datasets it names; errors end with one line and exit code 2.
+"""
+import logging
+import os
+import random
+import sys
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+
+from transfer.config import ConfigError, build_config
+from transfer.datasets import DatasetError, register_from_config, validate_datasets
+from transfer.engine import TransferTrainer, launch, results_record, write_json_atomic
+
+logger = logging.getLogger("transfer.train_net")
+
+
+def task_name(config_file):
+    return os.path.splitext(os.path.basename(config_file))[0]
+
+
+def prepare(args, world_size):
+    """Build and check the effective config in the launching process (fail fast, before spawning)."""
+    opts = list(args.opts)
+    cfg = build_config(args.config_file, opts, world_size=world_size)
+    if cfg.SEED < 0:
+        # one seed for all processes, recorded in config.yaml and results.json
+        opts += ["SEED", str(random.SystemRandom().randrange(2**31))]
+    register_from_config(cfg.TRANSFER.COCO_DATASETS)
+    names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    validate_datasets(names)
+    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise ConfigError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
+    return opts
+
+
+def run(args, opts):
+    """What every process runs: set up, train (unless --eval-only), evaluate, write results.json."""
+    cfg = build_config(args.config_file, opts, world_size=comm.get_world_size())
+    register_from_config(cfg.TRANSFER.COCO_DATASETS)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = TransferTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        metrics = TransferTrainer.test(cfg, model)
+    else:
+        trainer = TransferTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # the evaluation hook evaluates after the last iteration and keeps the numbers here
+        metrics = getattr(trainer, "_last_eval_results", None)
+        if metrics is None:
+            metrics = TransferTrainer.test(cfg, trainer.model)
+    if comm.is_main_process():
+        record = results_record(cfg, task_name(args.config_file), metrics or {})
+        path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+        write_json_atomic(path, record)
+        logger.info(f"wrote {path}")
+    return metrics
+
+
+def main(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    world_size = args.num_gpus * args.num_machines
+    try:
+        opts = prepare(args, world_size)
+        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args, opts))
+    except (ConfigError, DatasetError) as e:
+        print(f"train_net: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"train_net: stopped: {e}; the last good checkpoint is kept in OUTPUT_DIR "
+              "(see last_checkpoint)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
