@@ -1,0 +1,21 @@
+"""Shared fixtures: one synthetic dataset root in the real layouts for the whole session."""
+import os
+
+import pytest
+
+# before Detectron2 registers its builtin datasets: never pick up a real ./datasets by accident
+os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(os.path.dirname(__file__), "_no_datasets_here"))
+
+import transfer  # noqa: E402,F401  (runtime fixes before anything imports Detectron2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """COCO, keypoints, VOC, LVIS and ImageNet-style data, written once, as $DETECTRON2_DATASETS."""
+    from transfer.datasets import set_datasets_root
+    from transfer.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("datasets")
+    counts = write_synthetic(root, num_images=24, seed=0)
+    set_datasets_root(root)
+    return root, counts
