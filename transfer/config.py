@@ -12,13 +12,13 @@ The effective config of a run is built in a fixed order (:func:`build_config`):
 """
 import logging
 import os
-import pickle
 
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 import transfer.heads  # noqa: F401  (registers the project's heads)
+from transfer.checkpoint_io import CheckpointError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -111,30 +111,14 @@ def lint_config_file(path, _chain=()):
 
 # -------------------------------------------------------------------------------------- weights meta
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain containers only (what a Detectron2 .pkl holds)."""
-
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
-
-
 def read_weights_meta(path):
     """``meta`` of a Detectron2 weights .pkl written by the converter ({} for other files)."""
     if not path or not path.endswith(".pkl"):
         return {}
-    if not os.path.isfile(path):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: {path}")
     try:
-        with open(path, "rb") as f:
-            data = _NumpyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ConfigError(f"MODEL.WEIGHTS {path} cannot be read as Detectron2 weights: {e}") from None
+        data = read_checkpoint(path)
+    except CheckpointError as e:
+        raise ConfigError(f"MODEL.WEIGHTS {e}") from None
     meta = data.get("meta", {}) if isinstance(data, dict) else {}
     return meta if isinstance(meta, dict) else {}
 

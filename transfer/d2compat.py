@@ -24,7 +24,10 @@ the problem:
   ``weights_only=True`` in torch 2.6, so checkpoints holding numpy arrays or scalars no longer load;
   numpy's array and scalar constructors are allowed for those loads (still ``weights_only``);
 - ``create_ddp_model`` passes ``device_ids=[local_rank]``, which DistributedDataParallel rejects for a
-  model on the CPU (multi-process CPU training with gloo); CPU models get ``device_ids=None``.
+  model on the CPU (multi-process CPU training with gloo); CPU models get ``device_ids=None``;
+- ``DefaultTrainer`` of Detectron2 0.6 leaves the optimizer out of its checkpoints, so a resumed run
+  restarts SGD momentum and runs its first iteration at the initial LR; its state now includes the
+  inner trainer's (optimizer, grad scaler), as later Detectron2 versions do.
 
 Each fix records its name in :data:`APPLIED`; nothing else in the project patches Detectron2.
 """
@@ -38,6 +41,7 @@ import os
 import random
 import sys
 import types
+import warnings
 
 APPLIED = []
 
@@ -202,19 +206,6 @@ def _fix_map_dataset(module):
     APPLIED.append("MapDataset fallback (random.sample of a set)")
 
 
-# numpy's pickled arrays and scalars name these; old files use numpy.core, numpy 2 numpy._core
-def _numpy_globals():
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    names = []
-    for obj in (core.multiarray._reconstruct, core.multiarray.scalar):
-        names += [obj, (obj, f"numpy.core.multiarray.{obj.__name__}")]
-    dtype_classes = [c for c in vars(getattr(np, "dtypes", types)).values()
-                     if isinstance(c, type) and issubclass(c, np.dtype)]
-    return names + [np.ndarray, np.dtype] + dtype_classes
-
-
 def _torch_load_refuses_numpy():
     import numpy as np
     import torch
@@ -237,7 +228,9 @@ def numpy_safe_torch_load():
     if not hasattr(torch.serialization, "safe_globals"):
         yield
         return
-    with torch.serialization.safe_globals(_numpy_globals()):
+    from transfer.checkpoint_io import numpy_pickle_globals
+
+    with torch.serialization.safe_globals(numpy_pickle_globals()):
         yield
 
 
@@ -273,10 +266,35 @@ def _fix_create_ddp_model(module):
     APPLIED.append("create_ddp_model on CPU")
 
 
+def _fix_trainer_state(module):
+    DefaultTrainer = module.DefaultTrainer
+    if "state_dict" in vars(DefaultTrainer):  # this version saves the optimizer itself
+        return
+    TrainerBase = DefaultTrainer.__mro__[1]
+
+    def state_dict(self):
+        state = TrainerBase.state_dict(self)
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        TrainerBase.load_state_dict(self, state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+
+    DefaultTrainer.state_dict, DefaultTrainer.load_state_dict = state_dict, load_state_dict
+    APPLIED.append("DefaultTrainer optimizer in checkpoints")
+
+
+def _fix_engine_defaults(module):
+    _fix_create_ddp_model(module)
+    _fix_trainer_state(module)
+
+
 _MODULE_FIXES = {
     "detectron2.data.common": _fix_map_dataset,
     "detectron2.checkpoint.detection_checkpoint": _fix_checkpointer,
-    "detectron2.engine.defaults": _fix_create_ddp_model,
+    "detectron2.engine.defaults": _fix_engine_defaults,
 }
 
 
@@ -327,6 +345,8 @@ def apply():
     if _DONE:
         return
     _DONE = True
+    # Detectron2 0.6 scripts a few helpers with torch.jit at import, which torch 2.10+ deprecates
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     _fix_numpy()
     _fix_pil()
     _fix_pkg_resources()

@@ -21,8 +21,10 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluators, LVISEvaluator,
                                    PascalVOCDetectionEvaluator)
 from detectron2.utils import comm
+from fvcore.nn.precise_bn import get_bn_modules
 
 from transfer.coco_eval import has_faster_coco_eval
+from transfer.data import build_resumable_train_loader
 
 logger = logging.getLogger(__name__)
 
@@ -50,51 +52,72 @@ class PreciseBNAllProcesses(hooks.PreciseBN):
         super().update_stats()
         if comm.get_world_size() == 1 or self._disabled:
             return
-        for bn in self._bn_layers:
+        for bn in get_bn_modules(self._model):
             for buffer in (bn.running_mean, bn.running_var):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer /= comm.get_world_size()
 
 
 class RNGStateHook(hooks.HookBase):
-    """Saves the RNG states with every checkpoint and restores them on resume (exact continuation)."""
+    """Keeps every process's RNG states in the checkpoints and restores them on resume.
+
+    Registered before the checkpointer: at each checkpointing iteration all processes send their
+    states to the main process, whose checkpointer saves them; on resume each process takes its own.
+    """
+
+    def __init__(self, checkpoint_period):
+        self._period = checkpoint_period
+        self._states = None
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if (self._period > 0 and next_iter % self._period == 0) or next_iter >= self.trainer.max_iter:
+            self._states = comm.all_gather(_rng_state())
 
     def state_dict(self):
-        return {"torch": torch.get_rng_state(), "numpy": _numpy_state_to_tensors(np.random.get_state()),
-                "python": _python_state_to_tensors(random.getstate())}
+        return {"per_rank": self._states if self._states is not None else [_rng_state()]}
 
     def load_state_dict(self, state):
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(_numpy_state_from_tensors(state["numpy"]))
-        random.setstate(_python_state_from_tensors(state["python"]))
+        states = state["per_rank"]
+        if len(states) != comm.get_world_size():
+            logger.warning(f"checkpoint has RNG states of {len(states)} processes, this run has "
+                           f"{comm.get_world_size()}; the resumed run will not repeat the original exactly")
+        _set_rng_state(states[comm.get_rank() % len(states)])
 
 
-def _numpy_state_to_tensors(state):
-    name, keys, pos, has_gauss, gauss = state
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-            "gauss": float(gauss), "name": name}
+def _rng_state():
+    """This process's RNG states as plain containers and tensors (loadable with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                       "gauss": py_gauss}}
 
 
-def _numpy_state_from_tensors(state):
-    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-            state["gauss"])
-
-
-def _python_state_to_tensors(state):
-    version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
-
-
-def _python_state_from_tensors(state):
-    return (state["version"], tuple(int(v) for v in state["internal"].tolist()), state["gauss"])
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
 
 
 class TransferTrainer(DefaultTrainer):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        rng = RNGStateHook()
-        self.register_hooks([rng])
-        self.checkpointer.checkpointables["rng"] = rng
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter=0):
+        return build_resumable_train_loader(cfg, start_iter)
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            # the loader built in __init__ starts at iteration 0; continue where the checkpoint stopped
+            loader = self.build_train_loader(self.cfg, self.start_iter)
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)
+            if hasattr(self._trainer, "_data_loader_iter_obj"):  # newer Detectron2 creates it lazily
+                self._trainer._data_loader_iter_obj = None
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -116,6 +139,12 @@ class TransferTrainer(DefaultTrainer):
                 built[i] = PreciseBNAllProcesses(
                     self.cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(self.cfg),
                     self.cfg.TEST.PRECISE_BN.NUM_ITER)
+        rng = RNGStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        self.checkpointer.checkpointables["rng"] = rng
+        # before the checkpointer (main process only) and the evaluation, at the same place in every process
+        position = next((i for i, h in enumerate(built)
+                         if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(built))
+        built.insert(position, rng)
         return built
 
 
