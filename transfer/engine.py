@@ -41,6 +41,26 @@ def use_fastest_coco_eval():
         coco_evaluation.COCOeval_opt = coco_eval_class()
 
 
+class VOCEvaluator(PascalVOCDetectionEvaluator):
+    """Detectron2's VOC evaluator that also keeps the predictions (``voc_results.json``)."""
+
+    def __init__(self, dataset_name, output_dir):
+        super().__init__(dataset_name)
+        self._output_dir = output_dir
+
+    def evaluate(self):
+        gathered = comm.gather(self._predictions, dst=0)
+        if comm.is_main_process() and self._output_dir:
+            merged = {}
+            for predictions in gathered:
+                for cls_id, lines in predictions.items():
+                    merged.setdefault(self._class_names[cls_id], []).extend(lines)
+            os.makedirs(self._output_dir, exist_ok=True)
+            # per class: "image_id score xmin ymin xmax ymax" lines, as Detectron2's VOC evaluation reads them
+            write_json_atomic(os.path.join(self._output_dir, "voc_results.json"), merged)
+        return super().evaluate()
+
+
 class PreciseBNAllProcesses(hooks.PreciseBN):
     """Precise BN whose recomputed statistics are the average over all processes.
 
@@ -109,6 +129,13 @@ class TransferTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg, start_iter=0):
         return build_resumable_train_loader(cfg, start_iter)
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:  # Detectron2 raises it for NaN/inf losses, boxes or scores
+            reason = str(e).splitlines()[0].rstrip(". !")
+            raise FloatingPointError(f"non-finite values at iteration {self.iter}: {reason}.") from None
+
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
@@ -129,7 +156,7 @@ class TransferTrainer(DefaultTrainer):
         if evaluator_type == "lvis":
             return LVISEvaluator(dataset_name, output_dir=output_folder)
         if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
+            return VOCEvaluator(dataset_name, output_folder)
         raise ValueError(f"no evaluator for dataset {dataset_name} (evaluator_type {evaluator_type!r})")
 
     def build_hooks(self):
@@ -167,6 +194,23 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
+def code_version():
+    """The project's git commit (short hash, "+dirty" with local changes), or None outside a checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def results_record(cfg, task, metrics):
     """The results.json record (DESIGN.md artifact 3) of a finished run."""
     if metrics and all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
@@ -178,7 +222,8 @@ def results_record(cfg, task, metrics):
         by_dataset = None
     clean = {family: {k: _finite_or_none(v) for k, v in values.items()} for family, values in metrics.items()}
     record = {"backbone": backbone_label(cfg), "task": task, "mode": cfg.TRANSFER.MODE, "seed": int(cfg.SEED),
-              "weights": cfg.MODEL.WEIGHTS, "iterations": int(cfg.SOLVER.MAX_ITER), "metrics": clean}
+              "weights": cfg.MODEL.WEIGHTS, "iterations": int(cfg.SOLVER.MAX_ITER), "metrics": clean,
+              "commit": code_version()}
     if by_dataset is not None and len(by_dataset) > 1:
         record["datasets"] = {name: {f: {k: _finite_or_none(v) for k, v in vals.items()}
                                      for f, vals in fams.items()} for name, fams in by_dataset.items()}

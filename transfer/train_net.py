@@ -11,19 +11,26 @@ import os
 import random
 import sys
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 
 from transfer.config import ConfigError, build_config
 from transfer.datasets import DatasetError, register_from_config, validate_datasets
-from transfer.engine import TransferTrainer, launch, results_record, write_json_atomic
+from transfer.engine import TransferTrainer, backbone_label, launch, results_record, write_json_atomic
 
 logger = logging.getLogger("transfer.train_net")
+DEFAULT_OUTPUT_DIR = "./output"  # Detectron2's default OUTPUT_DIR
 
 
 def task_name(config_file):
     return os.path.splitext(os.path.basename(config_file))[0]
+
+
+def default_output_dir(cfg, task):
+    """``./output/<task>/<backbone>/<mode>/seed<k>``: the layout of a sweep's runs."""
+    return os.path.join(DEFAULT_OUTPUT_DIR, task, backbone_label(cfg), cfg.TRANSFER.MODE, f"seed{cfg.SEED}")
 
 
 def prepare(args, world_size):
@@ -33,6 +40,10 @@ def prepare(args, world_size):
     if cfg.SEED < 0:
         # one seed for all processes, recorded in config.yaml and results.json
         opts += ["SEED", str(random.SystemRandom().randrange(2**31))]
+        cfg = build_config(args.config_file, opts, world_size=world_size)
+    if "OUTPUT_DIR" not in opts[::2] and cfg.OUTPUT_DIR == DEFAULT_OUTPUT_DIR:
+        # runs of other tasks, backbones, modes and seeds never share a folder
+        opts += ["OUTPUT_DIR", default_output_dir(cfg, task_name(args.config_file))]
     register_from_config(cfg.TRANSFER.COCO_DATASETS)
     names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
     validate_datasets(names)
@@ -77,8 +88,16 @@ def main(argv=None):
         print(f"train_net: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"train_net: stopped: {e}; the last good checkpoint is kept in OUTPUT_DIR "
-              "(see last_checkpoint)", file=sys.stderr)
+        print(f"train_net: stopped: {str(e).splitlines()[0]} the last good checkpoint is kept (see "
+              "last_checkpoint in OUTPUT_DIR)", file=sys.stderr)
+        return 1
+    except torch.multiprocessing.ProcessRaisedException as e:
+        # a worker process failed; a non-finite loss is the one failure a user can act on directly
+        message = next((line for line in str(e).splitlines() if "FloatingPointError" in line), None)
+        if message is None:
+            raise
+        print(f"train_net: stopped: {message.split(':', 1)[1].strip()} the last good checkpoint is kept "
+              "(see last_checkpoint in OUTPUT_DIR)", file=sys.stderr)
         return 1
     return 0
 
