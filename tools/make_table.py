@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from transfer.report import FORMATS, ReportError, make_tables, parse_metrics, render
-from transfer.report.atomic import write_text_atomic
+from transfer.fileio import write_text_atomic
 from transfer.report.html import report_html
 from transfer.report.plots import plot_tables, write_plots
 

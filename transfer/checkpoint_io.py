@@ -17,15 +17,15 @@ Every failure a user can cause (missing, empty, truncated or corrupt file) raise
 :class:`CheckpointError` with a one-line message that names the file.
 """
 import builtins
-import contextlib
 import hashlib
 import os
 import pickle
 import re
-import tempfile
 
 import numpy as np
 import torch
+
+from transfer.fileio import atomic_path  # noqa: F401  (re-exported for the converter)
 
 __all__ = ["CheckpointError", "read_checkpoint", "sha256_file", "atomic_path", "dump_pickle",
            "numpy_pickle_globals"]
@@ -189,28 +189,6 @@ def sha256_file(path, chunk=1 << 22):
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it vanishes.
-
-    The temporary name keeps ``path``'s extension, so readers that dispatch on it (Detectron2's
-    checkpointer on ``.pkl``) treat it as the final file.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    suffix = ".pth.tar" if base.endswith(".pth.tar") else os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def dump_pickle(obj, path):

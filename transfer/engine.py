@@ -6,7 +6,6 @@ processes, and checkpoints that carry the RNG states, so that a resumed run cont
 uninterrupted one would. :func:`launch` starts one process per GPU, or per CPU worker with gloo.
 """
 import datetime
-import json
 import logging
 import math
 import os
@@ -18,13 +17,14 @@ import torch
 import torch.distributed as dist
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import (COCOEvaluator, DatasetEvaluators, LVISEvaluator,
+from detectron2.evaluation import (COCOEvaluator, LVISEvaluator,
                                    PascalVOCDetectionEvaluator)
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
 from transfer.coco_eval import has_faster_coco_eval
 from transfer.data import build_resumable_train_loader
+from transfer.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -228,16 +228,6 @@ def results_record(cfg, task, metrics):
         record["datasets"] = {name: {f: {k: _finite_or_none(v) for k, v in vals.items()}
                                      for f, vals in fams.items()} for name, fams in by_dataset.items()}
     return record
-
-
-def write_json_atomic(path, data):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- launch

@@ -18,7 +18,8 @@ from detectron2.utils import comm
 
 from transfer.config import ConfigError, build_config
 from transfer.datasets import DatasetError, register_from_config, validate_datasets
-from transfer.engine import TransferTrainer, backbone_label, launch, results_record, write_json_atomic
+from transfer.engine import TransferTrainer, backbone_label, launch, results_record
+from transfer.fileio import write_json_atomic
 
 logger = logging.getLogger("transfer.train_net")
 DEFAULT_OUTPUT_DIR = "./output"  # Detectron2's default OUTPUT_DIR

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from transfer.references import ReferenceError, load_references, select_references
-from transfer.report.atomic import write_text_atomic
+from transfer.fileio import write_text_atomic
 from transfer.report.html import report_html
 from transfer.report.plots import plot_tables, write_plots
 from transfer.report.render import CSV_COLUMNS, FORMATS, render
