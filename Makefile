@@ -1,4 +1,4 @@
-# Quickstart: `make test` (sets up, then runs the suite).
+# Quickstart: `make demo` (sets up, then runs the whole pipeline tiny on this CPU) and `make test`.
 # `make setup` is idempotent: the first run creates .venv and installs everything, later runs check
 # and return in seconds. Override TORCH_SPEC to install another torch build (e.g. a CUDA wheel).
 PYTHON ?= python3
@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test clean-venv
+.PHONY: setup test demo clean-venv
 
 setup: $(STAMP)
 	@$(PY) tools/install_detectron2.py
@@ -22,6 +22,9 @@ $(STAMP): setup.py Makefile
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: setup
+	$(PY) tools/demo.py
 
 clean-venv:
 	rm -rf $(VENV)
