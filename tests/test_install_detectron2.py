@@ -94,3 +94,17 @@ def test_installed_distribution_is_complete():
     assert any(f.startswith("detectron2/model_zoo/configs/COCO-InstanceSegmentation/") for f in files)
     assert "detectron2/projects/point_rend/__init__.py" in files
     assert any(f.endswith("RECORD") for f in files)  # what pip uninstall removes
+
+
+def test_wheel_is_a_proper_distribution_pip_lists_and_removes(tmp_path):
+    wheel = d2install.build_wheel(str(_fake_sdist(tmp_path / "s.tar.gz")), str(tmp_path))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(pip + ["install", "-q", "--no-deps", "--no-index", wheel], check=True)
+    shown = subprocess.run(pip + ["show", "-f", "detectron2"], capture_output=True, text=True, check=True).stdout
+    assert "Version: 0.6" in shown and "detectron2/projects/point_rend/__init__.py" in shown
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert (site / "detectron2" / "model_zoo" / "configs" / "Base-RCNN-C4.yaml").is_file()
+    subprocess.run(pip + ["uninstall", "-y", "-q", "detectron2"], check=True)
+    assert not (site / "detectron2").exists()

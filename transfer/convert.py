@@ -920,9 +920,7 @@ def verify_features(torchvision_state, payload, arch, *, batch=2, size=64, seed=
     resnet.eval()
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=generator)
-    # On these tiny inputs oneDNN is the slower path on CPU (about 2x for an R-50), except for grouped
-    # convolutions, whose native path is slower still (about 4x for a ResNeXt-50)
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=arch.num_groups > 1):
+    with torch.no_grad():
         ours = resnet(x)
         theirs = _torchvision_features(reference, x)
     errors = {}
