@@ -17,8 +17,7 @@ import torch
 import torch.distributed as dist
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import (COCOEvaluator, LVISEvaluator,
-                                   PascalVOCDetectionEvaluator)
+from detectron2.evaluation import COCOEvaluator, LVISEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
@@ -166,8 +165,8 @@ class TransferTrainer(DefaultTrainer):
                 built[i] = PreciseBNAllProcesses(
                     self.cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(self.cfg),
                     self.cfg.TEST.PRECISE_BN.NUM_ITER)
+        # a hook with state: the trainer's checkpoints hold it (TrainerBase.state_dict saves hooks' states)
         rng = RNGStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD)
-        self.checkpointer.checkpointables["rng"] = rng
         # before the checkpointer (main process only) and the evaluation, at the same place in every process
         position = next((i for i, h in enumerate(built)
                          if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(built))

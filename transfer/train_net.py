@@ -78,6 +78,25 @@ def run(args, opts):
     return metrics
 
 
+def run_in_process_group(args, opts, rank=0, world_size=1, local_rank=0, local_world_size=1, dist_url=None,
+                         backend=None):
+    """Run one process of a job whose processes were started by someone else (SLURM tasks, submitit).
+
+    Detectron2's ``launch`` spawns its workers itself; under a scheduler every task is already one
+    worker. This joins the process group (NCCL with CUDA, gloo on CPU) and sets Detectron2's
+    communication state, including its local process group, then runs :func:`run`. ``opts`` is the
+    list :func:`prepare` returned in the submitting process, so that every task (and every requeued
+    attempt) builds the same config and seed. One process (``world_size`` 1) needs no group.
+    """
+    from transfer.engine import init_distributed
+
+    if world_size > 1:
+        if not dist_url:
+            raise ValueError("dist_url (tcp://HOST:PORT of rank 0) is required for more than one process")
+        init_distributed(rank, world_size, local_rank, local_world_size, dist_url, backend=backend)
+    return run(args, opts)
+
+
 def main(argv=None):
     args = default_argument_parser().parse_args(argv)
     world_size = args.num_gpus * args.num_machines
