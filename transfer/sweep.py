@@ -1,0 +1,564 @@
+"""Sweeps: a grid of transfer runs (backbone x task x mode x seed), job arrays, and their ledger.
+
+A sweep file (``configs/sweeps/*.yaml``)::
+
+    name: infomin_table2                 # letters, digits, _.+-
+    backbones: {infomin: weights/infomin_R_50.pkl, random: ""}   # "" = random initialisation
+    tasks: [coco_mask_rcnn_R_50_FPN_1x]  # config names under configs/transfer (or paths to YAML files)
+    modes: [finetune, frozen]
+    seeds: [0, 1]
+    overrides: [KEY, VALUE, ...]         # applied to every run (optional)
+    resources: {partition: gpu, gpus_per_node: 8}   # defaults for the resource flags (optional)
+
+Every run writes to ``ROOT/<task>/<backbone>/<mode>/seed<k>/`` (its ``OUTPUT_DIR``; ``results.json``
+there marks it done) and gets ``TRANSFER.BACKBONE_NAME <backbone>``, ``TRANSFER.MODE``, ``SEED`` and
+``MODEL.WEIGHTS`` from the grid; ``overrides`` may not set those. The file and every run's config and
+datasets are checked before anything is submitted (:class:`SweepError`, one line).
+
+The ledger ``ROOT/sweep.json`` (DESIGN.md artifact 5) records every run: its output dir, state
+(``pending|running|done|failed``), job id, log paths, attempts and the last error. It is rewritten
+atomically, under a lock (``ROOT/.sweep.lock``), after every change. Running the same sweep again
+refreshes the states (``squeue`` on SLURM, the job's process locally, ``results.json`` everywhere) and
+submits only what is not done: runs never submitted, and failed runs (again, with ``--resume``);
+pending and running jobs are never duplicated. On SLURM all runs of one submission form one job
+array with at most ``array_parallelism`` running at once; locally, at most that many jobs run at
+once and ``--wait`` submits the rest as slots free up.
+"""
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import re
+import time
+
+import yaml
+
+from transfer.fileio import write_json_atomic
+from transfer.submit import (Resources, SubmitError, TransferJob, check_cluster, job_error, job_paths,
+                             job_states, make_executor, plan_text, resolve_resources)
+
+__all__ = ["SweepError", "Sweep", "Run", "Ledger", "STATES", "LEDGER", "GRID_KEYS", "load_sweep", "expand",
+           "check_runs", "run_sweep", "refresh", "sweep_status", "format_status", "CONFIGS_DIR"]
+
+STATES = ("pending", "running", "done", "failed")
+LEDGER = "sweep.json"
+LOCK = ".sweep.lock"
+MODES = ("finetune", "frozen")
+SWEEP_KEYS = ("name", "backbones", "tasks", "modes", "seeds", "overrides", "resources")
+GRID_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.MODE", "MODEL.WEIGHTS", "TRANSFER.BACKBONE_NAME")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transfer")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class SweepError(ValueError):
+    """A sweep file, ledger or output root that cannot be used, explained in one line."""
+
+
+# ------------------------------------------------------------------------------------------ the file
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    path: str
+    backbones: dict  # name -> weights path ("" = random initialisation)
+    tasks: list      # config names
+    modes: list
+    seeds: list
+    overrides: list
+    resources: dict
+    config_files: dict  # task -> config file
+
+
+def _task_config(task, configs_dir, where):
+    if task.endswith((".yaml", ".yml")) or os.sep in task:
+        path = os.path.abspath(task)
+    else:
+        path = os.path.join(configs_dir, task + ".yaml")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".yaml") and not f.startswith("Base-")) \
+            if os.path.isdir(configs_dir) else []
+        hint = f" (e.g. {', '.join(known[:3])}, ...; see {configs_dir})" if known else ""
+        raise SweepError(f"{where}: unknown task {task!r}: no config {path}{hint}")
+    return path
+
+
+def _list(data, key, where, kind):
+    value = data.get(key)
+    if value is None or value == []:
+        raise SweepError(f"{where}: '{key}' is missing or empty (a list of {kind})")
+    if not isinstance(value, list):
+        value = [value]
+    return value
+
+
+def load_sweep(path, configs_dir=None, check_weights=True):
+    """Read and check a sweep file (no config is built here; see :func:`check_runs`).
+
+    ``check_weights`` False accepts weights files that do not exist yet (to inspect a sweep whose
+    paths are placeholders)."""
+    configs_dir = configs_dir or CONFIGS_DIR
+    if not os.path.isfile(path):
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SweepError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(data) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(SWEEP_KEYS)}")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SweepError(f"{path}: 'name' must be letters, digits and _.+- (got {name!r})")
+
+    backbones = data.get("backbones")
+    if not isinstance(backbones, dict) or not backbones:
+        raise SweepError(f"{path}: 'backbones' must map names to weights files (\"\" for random init)")
+    clean = {}
+    for bname, weights in backbones.items():
+        bname = str(bname)
+        if not _NAME.match(bname):
+            raise SweepError(f"{path}: backbone name {bname!r} must be letters, digits and _.+- (it names a folder)")
+        if weights is None:
+            weights = ""
+        if not isinstance(weights, str):
+            raise SweepError(f"{path}: backbone {bname}: weights must be a file path or \"\", got {weights!r}")
+        if weights and check_weights and not os.path.isfile(weights):
+            raise SweepError(f"{path}: backbone {bname}: weights file not found: {weights} (convert a checkpoint "
+                             "with tools/convert_backbone.py and put its path in the sweep file)")
+        clean[bname] = os.path.abspath(weights) if weights else ""
+
+    tasks = [str(t) for t in _list(data, "tasks", path, "config names under configs/transfer")]
+    config_files = {}
+    for task in tasks:
+        stem = os.path.splitext(os.path.basename(task))[0]
+        config_files[stem] = _task_config(task, configs_dir, path)
+    tasks = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tasks))
+
+    modes = [str(m) for m in _list(data, "modes", path, f"modes: {', '.join(MODES)}")]
+    for mode in modes:
+        if mode not in MODES:
+            raise SweepError(f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
+    modes = list(dict.fromkeys(modes))
+
+    seeds = _list(data, "seeds", path, "integers")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SweepError(f"{path}: seed {seed!r} must be a non-negative integer")
+    seeds = list(dict.fromkeys(seeds))
+
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list) or len(overrides) % 2:
+        got = f"{len(overrides)} item(s)" if isinstance(overrides, list) else type(overrides).__name__
+        raise SweepError(f"{path}: 'overrides' must be a list of KEY, VALUE pairs (got {got})")
+    overrides = [_override_text(v) for v in overrides]
+    for key in overrides[::2]:
+        if key in GRID_KEYS:
+            raise SweepError(f"{path}: overrides may not set {key}: the grid sets {', '.join(GRID_KEYS)}")
+
+    resources = data.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise SweepError(f"{path}: 'resources' must be a mapping of {', '.join(Resources.keys())}")
+    try:
+        Resources().updated(resources, f"{path}: resources")
+    except SubmitError as e:
+        raise SweepError(str(e)) from None
+    return Sweep(name, os.path.abspath(path), clean, tasks, modes, seeds, overrides, dict(resources), config_files)
+
+
+def _override_text(value):
+    """YAML gives numbers, booleans and lists; the command line is text (Detectron2 parses it)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_override_text(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    id: str  # "<task>/<backbone>/<mode>/seed<k>", the output dir relative to the root
+    task: str
+    backbone: str
+    weights: str
+    mode: str
+    seed: int
+    config_file: str
+    output_dir: str
+    overrides: tuple = ()
+
+    @property
+    def opts(self):
+        return [*self.overrides, "MODEL.WEIGHTS", self.weights, "TRANSFER.BACKBONE_NAME", self.backbone,
+                "TRANSFER.MODE", self.mode, "SEED", str(self.seed), "OUTPUT_DIR", self.output_dir]
+
+    @property
+    def argv(self):
+        """``python -m transfer.train_net`` arguments of this run."""
+        return ["--config-file", self.config_file, *self.opts]
+
+    def command(self, resume=False):
+        """The equivalent shell command (quoted)."""
+        return TransferJob(self.argv, self.output_dir, resume=resume).command()
+
+
+def expand(sweep, root):
+    """Every run of the grid, in the order task, backbone, mode, seed."""
+    root = os.path.abspath(root)
+    runs = []
+    for task in sweep.tasks:
+        for backbone, weights in sweep.backbones.items():
+            for mode in sweep.modes:
+                for seed in sweep.seeds:
+                    rid = f"{task}/{backbone}/{mode}/seed{seed}"
+                    runs.append(Run(rid, task, backbone, weights, mode, seed, sweep.config_files[task],
+                                    os.path.join(root, *rid.split("/")), tuple(sweep.overrides)))
+    return runs
+
+
+def check_runs(runs, res):
+    """Build the config of every (task, backbone, mode) for the job's processes and check the datasets
+    they name, before anything is submitted. Raises ConfigError/DatasetError (one line)."""
+    from transfer.config import build_config
+    from transfer.datasets import register_from_config, validate_datasets
+
+    names, seen = {}, set()
+    for run in runs:
+        key = (run.task, run.backbone, run.mode)
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = build_config(run.config_file, run.opts, world_size=res.world_size, has_cuda=res.gpus_per_node > 0)
+        register_from_config(cfg.TRANSFER.COCO_DATASETS)
+        names.update(dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]))
+    validate_datasets(list(names))
+
+
+# ---------------------------------------------------------------------------------------- the ledger
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Ledger:
+    """``ROOT/sweep.json``: ``{"name", "sweep_file", "root", "created", "updated", "runs": [record]}``.
+
+    A record: ``id``, ``task``, ``backbone``, ``weights``, ``mode``, ``seed``, ``output_dir``, ``state``,
+    ``cluster``, ``job_id``, ``job_dir``, ``stdout``, ``stderr``, ``attempts``, ``submitted``, ``ended``,
+    ``error``, ``command`` and ``history`` (earlier attempts: job id, cluster, state, error).
+    """
+
+    def __init__(self, root, data):
+        self.root = root
+        self.path = os.path.join(root, LEDGER)
+        self.data = data
+
+    @classmethod
+    def load(cls, root):
+        path = os.path.join(root, LEDGER)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise SweepError(f"no sweep ledger in {root} (expected {path}); submit a sweep there first") from None
+        except (ValueError, OSError) as e:
+            raise SweepError(f"{path}: cannot read the ledger: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+            raise SweepError(f"{path}: not a sweep ledger (no 'runs' list)")
+        return cls(root, data)
+
+    @classmethod
+    def open(cls, root, sweep):
+        """The ledger in ``root``, or a new one for ``sweep``; refuses another sweep's ledger."""
+        if os.path.isfile(os.path.join(root, LEDGER)):
+            ledger = cls.load(root)
+            if ledger.data.get("name") != sweep.name:
+                raise SweepError(f"{ledger.path} belongs to sweep {ledger.data.get('name')!r}, not {sweep.name!r}; "
+                                 "use another --output-root")
+            ledger.data["sweep_file"] = sweep.path
+            return ledger
+        return cls(root, {"version": 1, "name": sweep.name, "sweep_file": sweep.path, "root": root,
+                          "created": _now(), "updated": None, "runs": []})
+
+    @property
+    def runs(self):
+        return self.data["runs"]
+
+    def record(self, rid):
+        return next((r for r in self.runs if r["id"] == rid), None)
+
+    def add(self, run):
+        record = self.record(run.id)
+        if record is None:
+            record = {"id": run.id, "task": run.task, "backbone": run.backbone, "weights": run.weights,
+                      "mode": run.mode, "seed": run.seed, "output_dir": run.output_dir, "state": "pending",
+                      "cluster": None, "job_id": None, "job_dir": None, "stdout": None, "stderr": None,
+                      "attempts": 0, "submitted": None, "ended": None, "error": None, "command": None,
+                      "history": []}
+            self.runs.append(record)
+        return record
+
+    def counts(self):
+        counts = dict.fromkeys(STATES, 0)
+        for record in self.runs:
+            counts[record["state"]] = counts.get(record["state"], 0) + 1
+        return counts
+
+    def save(self):
+        self.data["updated"] = _now()
+        write_json_atomic(self.path, self.data)
+
+
+@contextlib.contextmanager
+def locked(root):
+    """An exclusive lock on the sweep root (one submitter at a time)."""
+    import fcntl
+
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, LOCK), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _results_exist(record):
+    return os.path.isfile(os.path.join(record["output_dir"], "results.json"))
+
+
+def refresh(ledger, live_jobs=None):
+    """Update every record's state from ``results.json`` and the scheduler; returns the ledger.
+
+    A run with ``results.json`` is done. A submitted run whose job is queued or running is pending or
+    running; one whose job has ended without ``results.json`` failed (with the job's last error line).
+    When the scheduler cannot be asked, or reports a transient state (PREEMPTED while it requeues), the
+    recorded state stays. ``live_jobs``: submitit jobs of this process by id (polled, so that local
+    jobs that ended are reaped).
+    """
+    for job in (live_jobs or {}).values():
+        with contextlib.suppress(Exception):
+            job.done()
+    by_cluster = {}
+    for record in ledger.runs:
+        if record["job_id"] and record["state"] in ("pending", "running") and not _results_exist(record):
+            by_cluster.setdefault(record["cluster"], []).append(record["job_id"])
+    states = {}
+    for cluster, ids in by_cluster.items():
+        states[cluster] = job_states(cluster, ids)
+    for record in ledger.runs:
+        if _results_exist(record):
+            if record["state"] != "done":
+                record["state"], record["error"] = "done", None
+                record["ended"] = record["ended"] or _now()
+            continue
+        if not record["job_id"]:
+            if record["state"] != "failed":
+                record["state"] = "pending"  # not submitted yet
+            continue
+        if record["state"] not in ("pending", "running"):
+            if record["state"] == "done":  # results.json was removed: run it again
+                record["state"] = "failed"
+                record["error"] = "results.json is gone"
+            continue
+        word, detail = states.get(record["cluster"], {}).get(record["job_id"], ("unknown", ""))
+        if word in ("pending", "running"):
+            record["state"] = word
+        elif word == "ended" and detail != "PREEMPTED":
+            record["state"] = "failed"
+            record["ended"] = _now()
+            reason = job_error(record["job_dir"], record["job_id"]) if record["job_dir"] else None
+            record["error"] = reason or f"job {record['job_id']} ended ({detail}) without results.json"
+    return ledger
+
+
+# ------------------------------------------------------------------------------------------ submitting
+
+def _select(ledger, runs, retry_failed=True):
+    """The runs to submit now: never submitted, or failed (to resume) when ``retry_failed``."""
+    chosen = []
+    for run in runs:
+        record = ledger.add(run)
+        if (retry_failed and record["state"] == "failed") or (record["state"] == "pending" and not record["job_id"]):
+            chosen.append(run)
+    return chosen
+
+
+def _default_make_job(run, resume):
+    return TransferJob(run.argv, run.output_dir, resume=resume)
+
+
+def _mark_submitted(record, job, res, job_dir, command):
+    if record["job_id"]:
+        record["history"].append({"job_id": record["job_id"], "cluster": record["cluster"],
+                                  "state": record["state"], "error": record["error"],
+                                  "submitted": record["submitted"]})
+    paths = job_paths(job_dir, job.job_id)
+    record.update(state="pending", cluster=res.cluster, job_id=str(job.job_id), job_dir=job_dir,
+                  stdout=str(paths.stdout), stderr=str(paths.stderr), attempts=record["attempts"] + 1,
+                  submitted=_now(), ended=None, error=None, command=command)
+
+
+def _submit(ledger, runs, res, job_dir, name, make_job, live_jobs, out):
+    """Submit ``runs`` (one job array on SLURM); record them in the ledger (saved by the caller)."""
+    if not runs:
+        return []
+    resumes = [ledger.record(run.id)["attempts"] > 0 for run in runs]
+    jobs = [make_job(run, resume) for run, resume in zip(runs, resumes)]
+    executor = make_executor(res, job_dir, name)
+    if res.cluster == "debug":
+        # one after the other in this process; the ledger is saved around each run
+        for run, job, resume in zip(runs, jobs, resumes):
+            submitted = executor.submit(job)
+            record = ledger.record(run.id)
+            _mark_submitted(record, submitted, res, job_dir, run.command(resume))
+            record["state"] = "running"
+            ledger.save()
+            error = submitted.exception()
+            if error is not None:
+                record["error"] = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+                record["error"] = f"{type(error).__name__}: {record['error']}"
+            record["state"] = "done" if _results_exist(record) else "failed"
+            record["ended"] = _now()
+            if record["state"] == "failed" and not record["error"]:
+                record["error"] = "the job ended without results.json"
+            ledger.save()
+        return runs
+    if len(jobs) == 1:
+        submitted = [executor.submit(jobs[0])]
+    else:
+        with executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    for run, resume, sub in zip(runs, resumes, submitted):
+        _mark_submitted(ledger.record(run.id), sub, res, job_dir, run.command(resume))
+        live_jobs[str(sub.job_id)] = sub
+    what = f"a job array of {len(runs)}" if res.cluster == "slurm" and len(runs) > 1 else f"{len(runs)} job(s)"
+    first = str(submitted[0].job_id).split("_")[0]
+    out(f"sweep {ledger.data['name']}: submitted {what} ({res.cluster}, job {first})")
+    return runs
+
+
+def _active(ledger, cluster):
+    return sum(1 for r in ledger.runs
+               if r["cluster"] == cluster and r["job_id"] and r["state"] in ("pending", "running"))
+
+
+def _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out, retry_failed=True):
+    refresh(ledger, live_jobs)
+    chosen = _select(ledger, runs, retry_failed)
+    if res.cluster == "local":  # no scheduler queues the rest: keep at most array_parallelism running
+        chosen = chosen[:max(0, res.array_parallelism - _active(ledger, "local"))]
+    _submit(ledger, chosen, res, job_dir, name, make_job, live_jobs, out)
+    ledger.save()
+    return chosen
+
+
+def run_sweep(sweep_file, output_root=None, resources=None, dry_run=False, wait=False, poll_s=30.0,
+              timeout_s=None, make_job=None, check=True, configs_dir=None, out=print):
+    """Expand ``sweep_file``, check every run, submit what is not done, record it in the ledger.
+
+    ``resources``: a dict of resource values given on the command line (they win over the sweep
+    file's ``resources``, which win over the defaults), or a :class:`Resources`. ``output_root``
+    defaults to ``./output/sweeps/<name>``. ``dry_run`` prints the sbatch script and the commands of
+    what would be submitted. ``wait`` waits (polling every ``poll_s`` s, at most ``timeout_s``) until
+    every run is done or failed. ``make_job(run, resume)`` builds the submitted callable (default: a
+    :class:`~transfer.submit.TransferJob`). Returns the ledger (None for a dry run).
+    """
+    make_job = make_job or _default_make_job
+    sweep = load_sweep(sweep_file, configs_dir)
+    where = f"{sweep_file}: resources"
+    res = resources if isinstance(resources, Resources) else \
+        resolve_resources(resources, base=resolve_resources(sweep.resources, source=where))
+    root = os.path.abspath(output_root or os.path.join("output", "sweeps", sweep.name))
+    runs = expand(sweep, root)
+    if check:
+        check_runs(runs, res)
+    job_dir = os.path.join(os.path.abspath(res.job_dir) if res.job_dir else os.path.join(root, "submitit"), "%j")
+    name = res.job_name or sweep.name
+
+    if dry_run:
+        if os.path.isfile(os.path.join(root, LEDGER)):
+            ledger = refresh(Ledger.open(root, sweep))
+        else:
+            ledger = Ledger(root, {"name": sweep.name, "runs": []})
+        chosen = _select(ledger, runs)
+        out(f"# sweep {sweep.name}: {len(runs)} runs, {len(chosen)} to submit; ledger {ledger.path}")
+        if chosen:
+            jobs = [make_job(run, ledger.record(run.id)["attempts"] > 0) for run in chosen]
+            out(plan_text(res, job_dir, name, jobs), end="")
+        return None
+
+    check_cluster(res)
+    live_jobs = {}
+    with locked(root):
+        ledger = Ledger.open(root, sweep)
+        _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out)
+    counts = ledger.counts()
+    out(f"sweep {sweep.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; ledger {ledger.path}")
+    if wait and res.cluster == "debug":
+        out(format_status(ledger))
+    elif wait:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ids = {run.id for run in runs}
+        while True:
+            with locked(root):
+                ledger = Ledger.open(root, sweep)
+                if res.cluster == "local":
+                    # the runs not yet submitted, as slots free up (failures are retried by the next sweep command)
+                    _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out, retry_failed=False)
+                else:
+                    refresh(ledger, live_jobs)
+                    ledger.save()
+            mine = [r for r in ledger.runs if r["id"] in ids]
+            if all(r["state"] in ("done", "failed") for r in mine):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep.name}: runs still pending or running after {timeout_s} s")
+            time.sleep(poll_s)
+        out(format_status(ledger))
+    return ledger
+
+
+def sweep_status(root, save=True):
+    """The ledger of ``root`` with refreshed states (written back when ``save`` and possible)."""
+    root = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(root, LEDGER)):
+        raise SweepError(f"no sweep ledger in {root} (expected {os.path.join(root, LEDGER)})")
+    if not save:
+        return refresh(Ledger.load(root))
+    try:
+        with locked(root):
+            ledger = refresh(Ledger.load(root))
+            ledger.save()
+    except PermissionError:
+        ledger = refresh(Ledger.load(root))
+    return ledger
+
+
+def format_status(ledger):
+    """A table of the ledger: state, job id and attempts per run; failures with their log path."""
+    runs = ledger.runs
+    counts = ledger.counts()
+    lines = [f"sweep {ledger.data.get('name')}: {len(runs)} runs: "
+             + ", ".join(f"{counts[s]} {s}" for s in STATES) + f" ({ledger.path})"]
+    if runs:
+        width = max(len("RUN"), *(len(r["id"]) for r in runs))
+        jw = max(len("JOB"), *(len(str(r["job_id"] or "-")) for r in runs))
+        lines.append(f"{'RUN':<{width}}  {'STATE':<8}  {'JOB':<{jw}}  TRIES")
+        for r in runs:
+            lines.append(f"{r['id']:<{width}}  {r['state']:<8}  {str(r['job_id'] or '-'):<{jw}}  {r['attempts']}")
+    failed = [r for r in runs if r["state"] == "failed"]
+    if failed:
+        lines.append("failed:")
+        for r in failed:
+            log = r.get("stderr") or "-"
+            lines.append(f"  {r['id']}: {r.get('error') or 'unknown error'} (log: {log})")
+    return "\n".join(lines)
+
