@@ -1,0 +1,59 @@
+"""ResNet encoders from torchvision, with the projection head in ``fc`` (MoCo's layout).
+
+``MODEL.ARCH`` names: ``resnet18/34/50/101/152``, ``resnext{50,101,152}_{G}x{W}d`` (torchvision's
+``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d`` and the same family at other depths and
+widths, e.g. InfoMin's ResNeXt-152 ``resnext152_32x8d``), ``wide_resnet{50,101}_{k}``. Every encoder is
+torchvision's ``ResNet`` class, so its state-dict names are torchvision's and the converter reads them.
+"""
+import re
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = ["ARCH_HELP", "parse_arch", "build_encoder", "trunk_forward", "feature_dim"]
+
+_BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
+           101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
+ARCH_HELP = ("resnet18/34/50/101/152, resnext{50,101,152}_<groups>x<width>d (e.g. resnext101_32x8d), "
+             "wide_resnet{50,101}_<k> (e.g. wide_resnet50_2)")
+
+
+def parse_arch(name):
+    """(block, layers, groups, width_per_group) for a ``MODEL.ARCH`` name; ``ValueError`` if unknown."""
+    m = re.fullmatch(r"resnet(\d+)", name)
+    if m and int(m[1]) in _BLOCKS:
+        block, layers = _BLOCKS[int(m[1])]
+        return block, layers, 1, 64
+    m = re.fullmatch(r"resnext(\d+)_(\d+)x(\d+)d", name)
+    if m and int(m[1]) in (50, 101, 152) and int(m[2]) > 0 and int(m[3]) > 0:
+        return Bottleneck, _BLOCKS[int(m[1])][1], int(m[2]), int(m[3])
+    m = re.fullmatch(r"wide_resnet(\d+)_(\d+)", name)
+    if m and int(m[1]) in (50, 101) and int(m[2]) > 0:
+        return Bottleneck, _BLOCKS[int(m[1])][1], 1, 64 * int(m[2])
+    raise ValueError(f"unknown MODEL.ARCH {name!r}; use {ARCH_HELP}")
+
+
+def feature_dim(name):
+    block, _, _, _ = parse_arch(name)
+    return 512 * block.expansion
+
+
+def build_encoder(arch, head="linear", dim=128):
+    """torchvision ``ResNet`` whose ``fc`` is the projection head: ``Linear(C, dim)`` for ``"linear"``
+    (MoCo v1), ``Linear(C, C) - ReLU - Linear(C, dim)`` for ``"mlp"`` (MoCo v2; ``fc.0``, ``fc.2``)."""
+    block, layers, groups, width = parse_arch(arch)
+    net = ResNet(block, layers, num_classes=dim, groups=groups, width_per_group=width)
+    c = net.fc.in_features
+    if head == "mlp":
+        net.fc = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), net.fc)
+    elif head != "linear":
+        raise ValueError(f"unknown MODEL.HEAD {head!r}; use linear or mlp")
+    return net
+
+
+def trunk_forward(net, x):
+    """Pooled features of a torchvision ResNet, without its ``fc``."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)

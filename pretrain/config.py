@@ -1,0 +1,215 @@
+"""Pretraining config: every key and its default in one yacs tree.
+
+A run is ``--config-file X.yaml KEY VALUE ...``: the defaults below, then the YAML file (which may name a
+``_BASE_`` file, relative to itself, merged first), then the ``KEY VALUE`` pairs. Unknown keys and values
+of the wrong type are errors (:class:`ConfigError`, one line naming the key). The merged config is frozen
+and stored as YAML text in every checkpoint (``config``).
+
+Scale conventions
+-----------------
+- ``SOLVER.BATCH_SIZE`` is global (all processes together); each process gets ``BATCH_SIZE / world size``.
+- The learning rate is ``SOLVER.BASE_LR * SOLVER.BATCH_SIZE / SOLVER.REFERENCE_BATCH_SIZE`` (MoCo: 0.03 per
+  256 images).
+- The run lasts ``SOLVER.EPOCHS`` epochs unless ``SOLVER.MAX_ITER`` > 0, which then sets the number of
+  iterations; schedule points given in epochs (``SOLVER.STEPS``, ``SOLVER.WARMUP_EPOCHS``) keep their
+  fraction of the run (steps at 120 and 160 of 200 epochs become 60% and 80% of ``MAX_ITER``).
+- Periods: ``SOLVER.CHECKPOINT_PERIOD`` and ``LOG_PERIOD`` in iterations, ``KNN.PERIOD`` in epochs.
+"""
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+__all__ = ["ConfigError", "get_cfg", "load_config", "BASE_KEY"]
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ValueError):
+    """A config file or a KEY VALUE override is wrong; the message is one line naming it."""
+
+
+_C = CN()
+
+# ----------------------------------------------------------------------------- model and method
+_C.MODEL = CN()
+_C.MODEL.METHOD = "moco"          # a name in pretrain.methods.METHODS
+_C.MODEL.ARCH = "resnet50"        # a torchvision ResNet: resnet18/34/50/101/152, resnext*, wide_resnet*
+_C.MODEL.HEAD = "linear"          # projection head in the encoder's fc: "linear" (MoCo v1) or "mlp" (v2)
+_C.MODEL.DIM = 128                # embedding dimension (output of the head)
+# Numerics of the training step. PRECISION: "auto" = bf16 autocast on GPUs with bf16 and on CPUs with
+# native bf16 (avx512_bf16 / AMX), fp16 autocast + loss scaling on older GPUs, else fp32; or force one of
+# "fp32", "bf16", "fp16". Losses, logits, queue and weights stay in fp32 in every mode.
+_C.MODEL.PRECISION = "auto"
+_C.MODEL.CHANNELS_LAST = True     # NHWC activations (faster with oneDNN on CPU and tensor cores on GPU)
+
+# ----------------------------------------------------------------------------- MoCo
+_C.MOCO = CN()
+_C.MOCO.K = 65536                 # queue length (negatives)
+_C.MOCO.M = 0.999                 # momentum of the key encoder
+_C.MOCO.T = 0.07                  # softmax temperature
+_C.MOCO.SHUFFLE_BN = True         # shuffle the key batch across processes (no effect with one process)
+
+# ----------------------------------------------------------------------------- PIRL-style JigSaw branch
+# (InfoMin): a third view cut into GRID x GRID tiles, shuffled, encoded by the query encoder tile by tile,
+# joined by a JigSaw head and contrasted with the same key and queue; loss = (1 - WEIGHT) * L + WEIGHT * L_jig
+_C.JIGSAW = CN()
+_C.JIGSAW.ENABLED = False
+_C.JIGSAW.GRID = 3
+_C.JIGSAW.IMAGE_SIZE = 0          # side of the crop that is cut into tiles; 0: 255/224 x INPUT.SIZE
+_C.JIGSAW.TILE_SIZE = 0           # side of a tile; 0: 64/224 x INPUT.SIZE
+_C.JIGSAW.SCALE = (0.6, 1.0)      # RandomResizedCrop scale of the JigSaw crop
+_C.JIGSAW.WEIGHT = 0.5            # PyContrast's beta
+
+# ----------------------------------------------------------------------------- views
+_C.INPUT = CN()
+_C.INPUT.VIEWS = "moco_v2"        # a name in pretrain.views.VIEWS
+_C.INPUT.NUM_VIEWS = 2
+_C.INPUT.SIZE = 224
+_C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop scale (InfoMin Appendix C.2: 0.2 is the sweet spot)
+_C.INPUT.COLOR_JITTER_STRENGTH = 1.0  # multiplies the recipe's jitter (InfoMin's x, Fig. 6)
+_C.INPUT.BLUR_SIGMA = (0.1, 2.0)  # Gaussian blur sigma range, pixels
+_C.INPUT.RANDAUGMENT = CN()
+_C.INPUT.RANDAUGMENT.NUM_OPS = 2  # timm "rand-n2-m10-mstd0.5", as PyContrast's InfoMin
+_C.INPUT.RANDAUGMENT.MAGNITUDE = 10.0   # on timm's 0..10 scale
+_C.INPUT.RANDAUGMENT.MAGNITUDE_STD = 0.5
+_C.INPUT.PIXEL_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1 (the converter assumes ImageNet's)
+_C.INPUT.PIXEL_STD = (0.229, 0.224, 0.225)
+
+# ----------------------------------------------------------------------------- data
+_C.DATA = CN()
+_C.DATA.ROOT = ""                 # ImageNet-style: ROOT/train/<class>/*.JPEG, optional ROOT/val/<class>/...
+_C.DATA.TRAIN_DIR = "train"
+_C.DATA.VAL_DIR = "val"
+_C.DATA.NUM_WORKERS = 8           # loader workers per process
+_C.DATA.PIN_MEMORY = True         # on GPU
+_C.DATA.PREFETCH_FACTOR = 4
+_C.DATA.DRAFT_DECODE = True       # JPEG draft decoding: reduced-size DCT decode, never below what a crop needs
+
+# ----------------------------------------------------------------------------- optimisation
+_C.SOLVER = CN()
+_C.SOLVER.BATCH_SIZE = 256        # global
+_C.SOLVER.BASE_LR = 0.03
+_C.SOLVER.REFERENCE_BATCH_SIZE = 256
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.EPOCHS = 200
+_C.SOLVER.MAX_ITER = 0            # > 0: number of iterations (overrides EPOCHS)
+_C.SOLVER.LR_SCHEDULER = "cosine"  # "cosine" or "step"
+_C.SOLVER.STEPS = (120, 160)      # "step": epochs at which the lr is multiplied by GAMMA
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.COSINE_FINAL_FACTOR = 0.0  # "cosine": final lr / initial lr (PyContrast: 0.001)
+_C.SOLVER.WARMUP_EPOCHS = 0.0     # linear warm-up from WARMUP_FACTOR x lr
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations; checkpoint_last.pth is also written at every epoch end
+_C.SOLVER.STOP_ITER = 0           # > 0: stop after this iteration as if preempted (resume with --resume)
+
+# ----------------------------------------------------------------------------- kNN monitor (InstDis)
+_C.KNN = CN()
+_C.KNN.PERIOD = 10                # epochs; 0 disables. Runs when DATA.ROOT/val has labels, and at the end
+_C.KNN.K = 200
+_C.KNN.T = 0.07
+_C.KNN.FEATURE = "embedding"      # "embedding" (L2-normalised head output, as InstDis) or "backbone"
+_C.KNN.BATCH_SIZE = 256           # per process
+_C.KNN.MAX_TRAIN_IMAGES = 0       # > 0: a fixed subset of the train set as the kNN memory
+
+# ----------------------------------------------------------------------------- distributed
+_C.DIST = CN()
+_C.DIST.BACKEND = "auto"          # "auto": nccl on GPU, gloo on CPU
+_C.DIST.TIMEOUT_MINUTES = 30
+
+# ----------------------------------------------------------------------------- run
+_C.DEVICE = "auto"                # "auto" (cuda when available), "cpu" or "cuda"
+_C.SEED = -1                      # < 0: drawn at start and recorded in the checkpoint's config
+_C.LOG_PERIOD = 20                # iterations
+_C.TENSORBOARD = True
+_C.OUTPUT_DIR = "./output/pretrain"
+
+
+def get_cfg():
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
+
+
+def _read_yaml(path, seen):
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: {BASE_KEY} chain loops back to this file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name")
+    merged = _read_yaml(os.path.join(os.path.dirname(path), base), seen | {path})
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(into, new):
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
+def _coerce(default, value):
+    """YAML and the command line write 1 for 1.0 and lists for tuples: accept those."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)) and default:
+        if all(isinstance(d, float) for d in default):
+            return type(value)(_coerce(0.0, v) for v in value)
+    return value
+
+
+def _merge(cfg, data, source, prefix=""):
+    """Merge a nested dict into ``cfg`` key by key, so that an error names the full key."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            raise ConfigError(f"{source}: unknown config key {full}")
+        if isinstance(cfg[key], CN):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {full} is a group of keys, got {value!r}")
+            _merge(cfg[key], value, source, full + ".")
+            continue
+        try:
+            cfg.merge_from_other_cfg(CN({key: _coerce(cfg[key], value)}))
+        except (ValueError, AssertionError, KeyError) as e:
+            raise ConfigError(f"{source}: bad value for {full}: {_short(e)}") from None
+
+
+def _short(exc):
+    text = " ".join(str(exc).split())
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def load_config(config_file=None, opts=()):
+    """Defaults + ``config_file`` (with its ``_BASE_`` chain) + ``KEY VALUE`` pairs; returns a mutable
+    :class:`CfgNode`. Raises :class:`ConfigError`."""
+    cfg = get_cfg()
+    if config_file:
+        _merge(cfg, _read_yaml(config_file, frozenset()), config_file)
+    opts = list(opts or ())
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        nested = CN._decode_cfg_value(value) if isinstance(value, str) else value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, "command line")
+    return cfg

@@ -1,0 +1,264 @@
+"""View pipelines: one image in, the views a method trains on out.
+
+A view pipeline is registered by name (``INPUT.VIEWS``) in :data:`VIEWS`; a builder takes the config and
+returns a :class:`ViewPipeline`. Its output, for one image, is a dict of **uint8** tensors (the method
+converts to float and normalises on the device, so the loader ships a quarter of the bytes)::
+
+    {"view1": 3xSxS, "view2": 3xSxS, ...,                    # INPUT.NUM_VIEWS augmented crops
+     "jigsaw": (G*G)x3xTxT, "jigsaw_perm": (G*G,) int64}     # with JIGSAW.ENABLED: tiles in shuffled order
+
+``jigsaw[j]`` is the tile cut from grid cell ``jigsaw_perm[j]`` (cells numbered row by row).
+
+Randomness: a pipeline is called with a per-sample seed (derived from ``SEED``, the epoch and the image's
+index, see :func:`sample_seed`) and draws every random number from torch's CPU generator seeded with it,
+inside a forked RNG state. So the views of an image depend only on (seed, epoch, index): not on the
+number of loader workers or processes, and a resumed run sees exactly the views of an uninterrupted one.
+
+Registered recipes (all crops use ``INPUT.CROP_SCALE``, default (0.2, 1); colour jitter is scaled by
+``INPUT.COLOR_JITTER_STRENGTH``):
+
+- ``moco_v1``: MoCo v1 (He et al. 2020, Sec. 3.3 / official ``main_moco.py``): RandomResizedCrop,
+  RandomGrayscale 0.2, ColorJitter(0.4, 0.4, 0.4, 0.4), horizontal flip.
+- ``moco_v2``: MoCo v2 (Chen et al. 2020, "aug+"): RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.1)
+  with p 0.8, RandomGrayscale 0.2, Gaussian blur sigma in [0.1, 2] with p 0.5, horizontal flip.
+- ``infomin``: InfoMin Aug (Tian et al. 2020, Appendix C.1 "RA-CJ-Blur"; PyContrast aug "D"):
+  RandomResizedCrop, horizontal flip, ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, Gaussian blur with p 0.5,
+  RandAugment (torchvision's, with timm's per-op magnitude noise: n 2, m 10 of 10, std 0.5, fill = the
+  ImageNet mean), RandomGrayscale 0.2.
+- ``eval``: resize to 256/224 of ``INPUT.SIZE`` and centre crop (kNN monitor, feature extraction).
+
+The PIRL-style JigSaw branch (``JIGSAW.ENABLED``, used by InfoMin) is added to any recipe: a
+RandomResizedCrop (scale ``JIGSAW.SCALE``) to ``JIGSAW.IMAGE_SIZE`` plus flip, a ``GRID x GRID`` grid, one
+``TILE_SIZE`` tile at a random offset inside each cell, tiles in a random order (as PyContrast's
+``JigsawCrop`` + ``JigsawHead`` shuffle), no colour augmentation.
+"""
+import math
+
+import numpy as np
+import torch
+from PIL import ImageFilter
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+from torchvision.transforms.autoaugment import _apply_op
+
+__all__ = ["VIEWS", "register_views", "build_views", "ViewPipeline", "JigsawTiles", "GaussianBlur",
+           "RandAugmentMStd", "sample_seed", "decode_size"]
+
+VIEWS = {}
+
+
+def register_views(name):
+    """Decorator: ``@register_views("name")`` on a builder ``f(cfg) -> ViewPipeline``."""
+    def wrap(builder):
+        if name in VIEWS:
+            raise ValueError(f"view pipeline {name!r} is registered twice")
+        VIEWS[name] = builder
+        return builder
+    return wrap
+
+
+def build_views(cfg, name=None):
+    name = name or cfg.INPUT.VIEWS
+    if name not in VIEWS:
+        raise KeyError(f"unknown INPUT.VIEWS {name!r}; registered: {', '.join(sorted(VIEWS))}")
+    return VIEWS[name](cfg)
+
+
+def sample_seed(base_seed, epoch, index):
+    """A 32-bit seed for the views of image ``index`` in ``epoch`` of a run seeded with ``base_seed``."""
+    return int(np.random.SeedSequence([int(base_seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(1)[0])
+
+
+class ViewPipeline:
+    """``pipeline(image, seed) -> dict`` of uint8 tensors; see the module docstring."""
+
+    def __init__(self, augment, num_views=2, jigsaw=None, min_decode_size=None, name=""):
+        self.augment = augment
+        self.num_views = num_views
+        self.jigsaw = jigsaw
+        self.min_decode_size = min_decode_size  # shortest side the decoder may reduce an image to
+        self.name = name
+
+    def __call__(self, image, seed=0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = {f"view{i + 1}": TF.pil_to_tensor(self.augment(image)) for i in range(self.num_views)}
+            if self.jigsaw is not None:
+                out["jigsaw"], out["jigsaw_perm"] = self.jigsaw(image)
+        return out
+
+    def __repr__(self):
+        jig = f", jigsaw={self.jigsaw!r}" if self.jigsaw is not None else ""
+        return f"ViewPipeline({self.name!r}, views={self.num_views}, augment={self.augment!r}{jig})"
+
+
+class GaussianBlur:
+    """PIL Gaussian blur with sigma drawn uniformly from ``sigma`` (MoCo v2's ``GaussianBlur``; torch RNG)."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = tuple(sigma)
+
+    def __call__(self, image):
+        lo, hi = self.sigma
+        s = lo + (hi - lo) * float(torch.rand(()))
+        return image.filter(ImageFilter.GaussianBlur(radius=s))
+
+    def __repr__(self):
+        return f"GaussianBlur(sigma={self.sigma})"
+
+
+class RandAugmentMStd(T.RandAugment):
+    """torchvision's RandAugment with timm's magnitude noise (``mstd``).
+
+    ``magnitude`` is on timm's 0..10 scale (torchvision's ops with 11 magnitude bins, bin 10 = the
+    strongest); each op draws its level from N(magnitude, magnitude_std) clipped to [0, 10], as
+    timm's ``rand-n2-m10-mstd0.5`` that PyContrast's InfoMin uses.
+    """
+
+    def __init__(self, num_ops=2, magnitude=10.0, magnitude_std=0.5, fill=None):
+        super().__init__(num_ops=num_ops, magnitude=int(round(magnitude)), num_magnitude_bins=11, fill=fill)
+        self.level = float(magnitude)
+        self.magnitude_std = float(magnitude_std)
+
+    def forward(self, img):
+        fill = self.fill
+        channels, height, width = TF.get_dimensions(img)
+        if isinstance(img, torch.Tensor):
+            if isinstance(fill, (int, float)):
+                fill = [float(fill)] * channels
+            elif fill is not None:
+                fill = [float(f) for f in fill]
+        op_meta = self._augmentation_space(self.num_magnitude_bins, (height, width))
+        names = list(op_meta)
+        for _ in range(self.num_ops):
+            op_name = names[int(torch.randint(len(names), (1,)).item())]
+            magnitudes, signed = op_meta[op_name]
+            level = self.level
+            if self.magnitude_std > 0:
+                level += self.magnitude_std * float(torch.randn(()))
+            level = min(max(level, 0.0), self.num_magnitude_bins - 1.0)
+            if magnitudes.ndim > 0:  # interpolate between bins: a continuous level, as timm's
+                lo = int(math.floor(level))
+                hi = min(lo + 1, self.num_magnitude_bins - 1)
+                frac = level - lo
+                magnitude = float(magnitudes[lo]) * (1 - frac) + float(magnitudes[hi]) * frac
+                if op_name == "Posterize":  # bits must be an integer
+                    magnitude = float(int(round(magnitude)))
+            else:
+                magnitude = 0.0
+            if signed and torch.randint(2, (1,)).item():
+                magnitude *= -1.0
+            img = _apply_op(img, op_name, magnitude, interpolation=self.interpolation, fill=fill)
+        return img
+
+    def __repr__(self):
+        return (f"RandAugmentMStd(num_ops={self.num_ops}, magnitude={self.level}, "
+                f"magnitude_std={self.magnitude_std}, fill={self.fill})")
+
+
+class JigsawTiles:
+    """PIRL / PyContrast JigSaw: crop, cut ``grid x grid`` cells, one ``tile`` x ``tile`` tile at a random
+    offset per cell, shuffle. Returns (tiles (G*G)x3xTxT uint8, perm) with ``tiles[j]`` from cell
+    ``perm[j]`` (row-major)."""
+
+    def __init__(self, grid=3, image_size=255, tile_size=64, scale=(0.6, 1.0)):
+        self.grid, self.image_size, self.tile_size = int(grid), int(image_size), int(tile_size)
+        self.cell = self.image_size // self.grid
+        if not 0 < self.tile_size <= self.cell:
+            raise ValueError(f"JIGSAW.TILE_SIZE {tile_size} must be in 1..{self.cell} "
+                             f"(JIGSAW.IMAGE_SIZE {image_size} / JIGSAW.GRID {grid})")
+        self.crop = T.Compose([T.RandomResizedCrop(self.image_size, scale=tuple(scale), antialias=True),
+                               T.RandomHorizontalFlip()])
+
+    def __call__(self, image):
+        pixels = TF.pil_to_tensor(self.crop(image))
+        n = self.grid * self.grid
+        offsets = torch.randint(0, self.cell - self.tile_size + 1, (n, 2))
+        perm = torch.randperm(n)
+        t = self.tile_size
+        tiles = []
+        for cell in perm.tolist():
+            r, c = divmod(cell, self.grid)
+            dy, dx = offsets[cell].tolist()
+            y, x = r * self.cell + dy, c * self.cell + dx
+            tiles.append(pixels[:, y:y + t, x:x + t])
+        return torch.stack(tiles), perm
+
+    def __repr__(self):
+        return (f"JigsawTiles(grid={self.grid}, image_size={self.image_size}, tile_size={self.tile_size}, "
+                f"crop={self.crop.transforms[0]!r})")
+
+
+def decode_size(size, scale):
+    """Shortest side an image may be decoded at so that the smallest RandomResizedCrop (area fraction
+    ``scale[0]``, aspect ratio up to 4/3) still has ``size`` source pixels on its short side."""
+    return int(math.ceil(size * math.sqrt(4.0 / 3.0) / math.sqrt(max(scale[0], 1e-3))))
+
+
+def _color_jitter(base, strength):
+    b, c, s, h = (v * strength for v in base)
+    return T.ColorJitter(b, c, s, min(h, 0.5))
+
+
+def _jigsaw(cfg):
+    if not cfg.JIGSAW.ENABLED:
+        return None
+    size = cfg.INPUT.SIZE
+    image_size = cfg.JIGSAW.IMAGE_SIZE or int(round(size * 255 / 224))
+    tile_size = cfg.JIGSAW.TILE_SIZE or int(round(size * 64 / 224))
+    return JigsawTiles(cfg.JIGSAW.GRID, image_size, tile_size, cfg.JIGSAW.SCALE)
+
+
+def _pipeline(cfg, name, ops):
+    jigsaw = _jigsaw(cfg)
+    need = decode_size(cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+    if jigsaw is not None:
+        need = max(need, decode_size(jigsaw.image_size, cfg.JIGSAW.SCALE))
+    return ViewPipeline(T.Compose(ops), cfg.INPUT.NUM_VIEWS, jigsaw, need, name)
+
+
+def _crop(cfg):
+    return T.RandomResizedCrop(cfg.INPUT.SIZE, scale=tuple(cfg.INPUT.CROP_SCALE), antialias=True)
+
+
+@register_views("moco_v1")
+def moco_v1_views(cfg):
+    return _pipeline(cfg, "moco_v1", [
+        _crop(cfg),
+        T.RandomGrayscale(p=0.2),
+        _color_jitter((0.4, 0.4, 0.4, 0.4), cfg.INPUT.COLOR_JITTER_STRENGTH),
+        T.RandomHorizontalFlip(),
+    ])
+
+
+@register_views("moco_v2")
+def moco_v2_views(cfg):
+    return _pipeline(cfg, "moco_v2", [
+        _crop(cfg),
+        T.RandomApply([_color_jitter((0.4, 0.4, 0.4, 0.1), cfg.INPUT.COLOR_JITTER_STRENGTH)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([GaussianBlur(cfg.INPUT.BLUR_SIGMA)], p=0.5),
+        T.RandomHorizontalFlip(),
+    ])
+
+
+@register_views("infomin")
+def infomin_views(cfg):
+    fill = [min(255, round(255 * m)) for m in cfg.INPUT.PIXEL_MEAN]
+    ra = cfg.INPUT.RANDAUGMENT
+    return _pipeline(cfg, "infomin", [
+        _crop(cfg),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([_color_jitter((0.8, 0.8, 0.8, 0.2), cfg.INPUT.COLOR_JITTER_STRENGTH)], p=0.8),
+        T.RandomApply([GaussianBlur(cfg.INPUT.BLUR_SIGMA)], p=0.5),
+        RandAugmentMStd(ra.NUM_OPS, ra.MAGNITUDE, ra.MAGNITUDE_STD, fill=fill),
+        T.RandomGrayscale(p=0.2),
+    ])
+
+
+@register_views("eval")
+def eval_views(cfg):
+    size = cfg.INPUT.SIZE
+    resize = int(round(size * 256 / 224))
+    return ViewPipeline(T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(size)]), num_views=1,
+                        min_decode_size=resize, name="eval")

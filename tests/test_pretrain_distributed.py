@@ -1,0 +1,120 @@
+"""pretrain.distributed: shuffle BN's gather/scatter in a real 2-process gloo group, MoCo's shared queue,
+and the SLURM / torchrun environment parsing."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pretrain import distributed as du
+
+WORLD, LOCAL = 2, 5
+
+
+def _shuffle_worker(rank, port, out_dir):
+    import torch.distributed as dist
+
+    from pretrain.config import load_config
+    from pretrain.methods import build_method
+
+    du.init_process_group(du.DistInfo(rank, WORLD, rank, WORLD, "127.0.0.1", port), backend="gloo")
+    try:
+        torch.manual_seed(100 + rank)  # the permutation must come from rank 0 whatever the others draw
+        # rows tagged with their global sample id: rank r holds ids r*LOCAL ... r*LOCAL + LOCAL - 1
+        x = (torch.arange(LOCAL) + rank * LOCAL).float().view(LOCAL, 1).repeat(1, 3)
+        shuffled, idx_unshuffle = du.batch_shuffle(x)
+        restored = du.batch_unshuffle(shuffled, idx_unshuffle)
+        # a per-sample function commutes with the shuffle: unshuffle(f(shuffle(x))) == f(x)
+        f = lambda t: t * 3 + t ** 2  # noqa: E731
+        commuted = du.batch_unshuffle(f(shuffled), idx_unshuffle)
+
+        # MoCo: the same model on both ranks; eval-mode keys through shuffle BN equal direct keys (the
+        # unshuffle returns every key to its own sample), and after a step both ranks hold the same queue
+        # with the keys of all ranks in rank order
+        cfg = load_config("configs/pretrain/moco_v2_R_50.yaml",
+                          ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "MOCO.K", "16", "MODEL.DIM", "8",
+                           "MODEL.PRECISION", "fp32", "MODEL.CHANNELS_LAST", "False", "SOLVER.BATCH_SIZE", "8"])
+        torch.manual_seed(0)
+        model = build_method(cfg)
+        g = torch.Generator().manual_seed(rank)
+        imgs = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
+        model.eval()
+        keys_shuffled = model.keys(imgs)
+        model.shuffle_bn = False
+        keys_direct = model.keys(imgs)
+        # a training step (shuffle BN off, so that each rank's keys can be computed here directly)
+        import copy
+
+        import torch.nn.functional as F
+
+        model.train()
+        key_encoder = copy.deepcopy(model.encoder_k).train()
+        step_keys = F.normalize(key_encoder(model.images(imgs)), dim=1)
+        out = model({"view1": imgs, "view2": imgs})
+        model.shuffle_bn = True
+        out["loss"].backward()
+        model.on_step_end(0)
+        torch.save({"x": x, "shuffled": shuffled, "restored": restored, "commuted": commuted, "fx": f(x),
+                    "idx_unshuffle": idx_unshuffle, "keys_shuffled": keys_shuffled, "keys_direct": keys_direct,
+                    "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(), "step_keys": step_keys.detach()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gloo")
+    mp.start_processes(_shuffle_worker, args=(du.free_port(), str(out)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def test_shuffle_is_a_global_permutation(two_ranks):
+    ids = torch.cat([r["shuffled"][:, 0] for r in two_ranks]).long()
+    assert sorted(ids.tolist()) == list(range(WORLD * LOCAL))  # every sample exactly once
+    # the same permutation on both ranks (broadcast from rank 0)
+    assert torch.equal(two_ranks[0]["idx_unshuffle"], two_ranks[1]["idx_unshuffle"])
+    assert ids.tolist() != list(range(WORLD * LOCAL))  # samples really moved
+    # samples cross processes (what prevents BN statistics from leaking the positive)
+    assert any(int(i) // LOCAL != 0 for i in two_ranks[0]["shuffled"][:, 0])
+
+
+def test_unshuffle_restores_and_commutes(two_ranks):
+    for r in two_ranks:
+        assert torch.equal(r["restored"], r["x"])
+        assert torch.equal(r["commuted"], r["fx"])
+
+
+def test_moco_keys_and_shared_queue(two_ranks):
+    for r in two_ranks:
+        torch.testing.assert_close(r["keys_shuffled"], r["keys_direct"], rtol=1e-5, atol=1e-6)
+    q0, q1 = two_ranks[0]["queue"], two_ranks[1]["queue"]
+    assert torch.equal(q0, q1)
+    assert int(two_ranks[0]["ptr"]) == int(two_ranks[1]["ptr"]) == 8
+    torch.testing.assert_close(q0[:4], two_ranks[0]["step_keys"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(q0[4:8], two_ranks[1]["step_keys"], rtol=1e-4, atol=1e-4)
+
+
+def test_single_process_collectives_are_identity():
+    x = torch.randn(4, 2)
+    assert du.get_world_size() == 1
+    assert torch.equal(du.all_gather_cat(x), x)
+    shuffled, idx = du.batch_shuffle(x)
+    assert torch.equal(du.batch_unshuffle(shuffled, idx), x)
+
+
+def test_env_dist_info():
+    assert du.env_dist_info({}) is None
+    assert du.env_dist_info({"RANK": "0", "WORLD_SIZE": "1"}) is None
+    info = du.env_dist_info({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+                             "MASTER_ADDR": "node7", "MASTER_PORT": "1234"})
+    assert (info.rank, info.world_size, info.local_rank, info.master_addr, info.master_port) == (3, 8, 1, "node7", 1234)
+    slurm = du.env_dist_info({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+                              "SLURM_JOB_NODELIST": "gpu[012-013,020]", "SLURM_JOB_ID": "4242",
+                              "SLURM_NTASKS_PER_NODE": "8(x2)"})
+    assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.local_size) == (9, 16, 1, 8)
+    assert slurm.master_addr == "gpu012" and slurm.master_port == 20000 + 4242
+    assert du.first_slurm_host("cn01") == "cn01"
+    assert du.first_slurm_host("a[7-9],b3") == "a7"
