@@ -151,7 +151,10 @@ class TransferTrainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "coco":
             use_fastest_coco_eval()
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
+            # the tasks the model has (Detectron2 would guess them from the predictions, and a model
+            # that predicts nothing would then report boxes only)
+            tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
+            return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
         if evaluator_type == "lvis":
             return LVISEvaluator(dataset_name, output_dir=output_folder)
         if evaluator_type == "pascal_voc":
