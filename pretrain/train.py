@@ -376,7 +376,8 @@ class Trainer:
         self.method = build_method(cfg, num_train_images=len(self.train_set)).to(self.device)
         if cfg.MODEL.CHANNELS_LAST:
             self.method.to(memory_format=torch.channels_last)
-        min_input = min([cfg.INPUT.SIZE] + ([views.jigsaw.tile_size] if views.jigsaw is not None else []))
+        jigsaw = getattr(views, "jigsaw", None)
+        min_input = min([cfg.INPUT.SIZE] + ([jigsaw.tile_size] if jigsaw is not None else []))
         self.precision = resolve_precision(cfg.MODEL.PRECISION, self.device, min_input)
         if self.precision == "bf16" and self.device.type == "cpu":
             if not cpu_has_native_bf16():

@@ -27,6 +27,9 @@ Registered recipes (all crops use ``INPUT.CROP_SCALE``, default (0.2, 1); colour
   ImageNet mean), RandomGrayscale 0.2.
 - ``eval``: resize to 256/224 of ``INPUT.SIZE`` and centre crop (kNN monitor, feature extraction).
 
+Gaussian blur is PIL's (MoCo v2's ``GaussianBlur``) for every recipe; PyContrast's InfoMin blurs with a
+23-tap separable kernel of the same sigma range. Ops work on PIL images; ``pil_to_tensor`` at the end.
+
 The PIRL-style JigSaw branch (``JIGSAW.ENABLED``, used by InfoMin) is added to any recipe: a
 RandomResizedCrop (scale ``JIGSAW.SCALE``) to ``JIGSAW.IMAGE_SIZE`` plus flip, a ``GRID x GRID`` grid, one
 ``TILE_SIZE`` tile at a random offset inside each cell, tiles in a random order (as PyContrast's

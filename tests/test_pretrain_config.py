@@ -1,5 +1,6 @@
 """pretrain.config and pretrain.solver: the config idiom, _BASE_, errors, the lr schedule, precision choice."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,8 +9,11 @@ from pretrain.config import ConfigError, get_cfg, load_config
 from pretrain.solver import CPU_BF16_MIN_INPUT, LRSchedule, resolve_precision
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain")
+
+
 def test_overrides_and_coercion():
-    cfg = load_config("configs/pretrain/moco_v2_R_50.yaml",
+    cfg = load_config(f"{CONFIGS}/moco_v2_R_50.yaml",
                       ["MOCO.T", "1", "DATA.ROOT", "/data/imagenet", "INPUT.CROP_SCALE", "(0.1, 1)",
                        "JIGSAW.ENABLED", "True"])
     assert cfg.MOCO.T == 1.0 and isinstance(cfg.MOCO.T, float)
@@ -48,7 +52,7 @@ def test_base_chain_and_file_errors(tmp_path):
 
 
 def test_step_schedule_of_moco_v1_scales_to_max_iter():
-    cfg = load_config("configs/pretrain/moco_v1_R_50.yaml", ["SOLVER.BATCH_SIZE", "512"])
+    cfg = load_config(f"{CONFIGS}/moco_v1_R_50.yaml", ["SOLVER.BATCH_SIZE", "512"])
     sched = LRSchedule(cfg, max_iter=200 * 100)  # 100 iterations per epoch
     assert sched(0) == pytest.approx(0.06)  # 0.03 per 256 images
     assert sched(120 * 100 - 1) == pytest.approx(0.06) and sched(120 * 100) == pytest.approx(0.006)
@@ -58,11 +62,11 @@ def test_step_schedule_of_moco_v1_scales_to_max_iter():
 
 
 def test_cosine_schedule_and_warmup():
-    cfg = load_config("configs/pretrain/moco_v2_R_50.yaml")
+    cfg = load_config(f"{CONFIGS}/moco_v2_R_50.yaml")
     sched = LRSchedule(cfg, max_iter=1000)
     for it in (0, 250, 500, 999):
         assert sched(it) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * it / 1000)))
-    cfg = load_config("configs/pretrain/infomin_R_50.yaml", ["SOLVER.WARMUP_EPOCHS", "10"])
+    cfg = load_config(f"{CONFIGS}/infomin_R_50.yaml", ["SOLVER.WARMUP_EPOCHS", "10"])
     sched = LRSchedule(cfg, max_iter=2000)  # warm-up over 10 of 200 epochs = 100 iterations
     top = sched._main(100)
     assert sched(0) == pytest.approx(0.01 * top) and sched(50) == pytest.approx((0.01 * 0.5 + 0.5) * top)

@@ -13,6 +13,9 @@ from pretrain.views import build_views
 from transfer.synthetic import write_synthetic
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain")
+
+
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain_data")
@@ -21,7 +24,7 @@ def imagenet(tmp_path_factory):
 
 
 def views(size=32):
-    return build_views(load_config("configs/pretrain/moco_v2_R_50.yaml", ["INPUT.SIZE", str(size)]))
+    return build_views(load_config(f"{CONFIGS}/moco_v2_R_50.yaml", ["INPUT.SIZE", str(size)]))
 
 
 def test_scan_matches_torchvision_imagefolder(imagenet):

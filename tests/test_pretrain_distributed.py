@@ -8,7 +8,28 @@ import torch.multiprocessing as mp
 
 from pretrain import distributed as du
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain")
+
+
 WORLD, LOCAL = 2, 5
+
+
+class MeanColour:
+    """Feature extractor stand-in for kNN feature extraction: the mean colour of each image."""
+
+    def features(self, images, kind="embedding"):
+        return images.float().mean(dim=(2, 3))
+
+
+def colour_folder(root, n=7):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        os.makedirs(os.path.join(root, f"c{i % 3}"), exist_ok=True)
+        pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(root, f"c{i % 3}", f"{i}.png"))
 
 
 def _shuffle_worker(rank, port, out_dir):
@@ -31,7 +52,7 @@ def _shuffle_worker(rank, port, out_dir):
         # MoCo: the same model on both ranks; eval-mode keys through shuffle BN equal direct keys (the
         # unshuffle returns every key to its own sample), and after a step both ranks hold the same queue
         # with the keys of all ranks in rank order
-        cfg = load_config("configs/pretrain/moco_v2_R_50.yaml",
+        cfg = load_config(f"{CONFIGS}/moco_v2_R_50.yaml",
                           ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "MOCO.K", "16", "MODEL.DIM", "8",
                            "MODEL.PRECISION", "fp32", "MODEL.CHANNELS_LAST", "False", "SOLVER.BATCH_SIZE", "8"])
         torch.manual_seed(0)
@@ -54,7 +75,15 @@ def _shuffle_worker(rank, port, out_dir):
         model.shuffle_bn = True
         out["loss"].backward()
         model.on_step_end(0)
-        torch.save({"x": x, "shuffled": shuffled, "restored": restored, "commuted": commuted, "fx": f(x),
+        # kNN feature extraction: shards of 7 images over 2 processes, gathered back in order
+        from pretrain.data import ImageFolder
+        from pretrain.knn import extract_features
+        from pretrain.views import build_views
+
+        folder = ImageFolder(os.path.join(out_dir, "images"), build_views(cfg, "eval"))
+        feats, labels = extract_features(MeanColour(), folder, list(range(len(folder))), 2, 0, torch.device("cpu"))
+        torch.save({"feats": feats, "labels": labels,
+                    "x": x, "shuffled": shuffled, "restored": restored, "commuted": commuted, "fx": f(x),
                     "idx_unshuffle": idx_unshuffle, "keys_shuffled": keys_shuffled, "keys_direct": keys_direct,
                     "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(), "step_keys": step_keys.detach()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
@@ -66,9 +95,13 @@ def _shuffle_worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("gloo")
+    colour_folder(str(out / "images"))
     mp.start_processes(_shuffle_worker, args=(du.free_port(), str(out)), nprocs=WORLD, join=True,
                        start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    results = [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    for r in results:
+        r["path"] = str(out / "rank0.pt")
+    return results
 
 
 def test_shuffle_is_a_global_permutation(two_ranks):
@@ -95,6 +128,21 @@ def test_moco_keys_and_shared_queue(two_ranks):
     assert int(two_ranks[0]["ptr"]) == int(two_ranks[1]["ptr"]) == 8
     torch.testing.assert_close(q0[:4], two_ranks[0]["step_keys"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(q0[4:8], two_ranks[1]["step_keys"], rtol=1e-4, atol=1e-4)
+
+
+def test_knn_features_gathered_in_order(two_ranks):
+    from pretrain.config import load_config
+    from pretrain.data import ImageFolder
+    from pretrain.views import build_views
+
+    root = os.path.join(os.path.dirname(two_ranks[0]["path"]), "images")
+    folder = ImageFolder(root, build_views(load_config(f"{CONFIGS}/moco_v2_R_50.yaml", ["INPUT.SIZE", "32"]), "eval"))
+    direct = torch.stack([folder[i]["view1"].float().mean(dim=(1, 2)) for i in range(len(folder))])
+    labels = torch.tensor([folder.samples[i][1] for i in range(len(folder))])
+    for r in two_ranks:
+        assert r["feats"].shape == (7, 3)
+        torch.testing.assert_close(r["feats"], direct)
+        assert torch.equal(r["labels"], labels)
 
 
 def test_single_process_collectives_are_identity():

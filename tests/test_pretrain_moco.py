@@ -2,6 +2,7 @@
 direct computation written out here (float64 where it matters)."""
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -13,8 +14,11 @@ from pretrain.methods import METHODS, build_method, get_method_class
 from pretrain.methods.moco import MoCo, momentum_update
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain")
+
+
 def tiny_cfg(*opts):
-    return load_config("configs/pretrain/moco_v2_R_50.yaml",
+    return load_config(f"{CONFIGS}/moco_v2_R_50.yaml",
                        ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "MOCO.K", "24", "MODEL.DIM", "16",
                         "MODEL.PRECISION", "fp32", "MODEL.CHANNELS_LAST", "False", "SOLVER.BATCH_SIZE", "8",
                         *opts])
@@ -152,7 +156,7 @@ def test_forward_loss_is_infonce_and_keys_are_enqueued():
 
 
 def test_jigsaw_branch_loss():
-    cfg = load_config("configs/pretrain/infomin_R_50.yaml",
+    cfg = load_config(f"{CONFIGS}/infomin_R_50.yaml",
                       ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "MOCO.K", "16", "MODEL.DIM", "8",
                        "MODEL.PRECISION", "fp32", "MODEL.CHANNELS_LAST", "False", "SOLVER.BATCH_SIZE", "4"])
     torch.manual_seed(0)

@@ -1,4 +1,6 @@
 """pretrain.views: registered pipelines, per-sample determinism, the JigSaw tiles and their permutation."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,9 +10,12 @@ from pretrain.config import load_config
 from pretrain.views import VIEWS, JigsawTiles, RandAugmentMStd, build_views, decode_size, sample_seed
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain")
+
+
 def cfg_for(name, *opts):
     files = {"moco_v1": "moco_v1_R_50", "moco_v2": "moco_v2_R_50", "infomin": "infomin_R_50"}
-    return load_config(f"configs/pretrain/{files.get(name, 'moco_v2_R_50')}.yaml",
+    return load_config(f"{CONFIGS}/{files.get(name, 'moco_v2_R_50')}.yaml",
                        ["INPUT.SIZE", "48", "INPUT.VIEWS", name, *opts])
 
 

@@ -55,8 +55,13 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("mode", ["finetune", "frozen"])
-@pytest.mark.parametrize("config", sorted(FAMILIES))
+# LVIS evaluation over 1203 categories takes a minute on a CPU: its frozen run is left out (the frozen
+# mode is the same code path for every family)
+CASES = [(c, m) for c in sorted(FAMILIES) for m in ("finetune", "frozen")
+         if not (c.startswith("lvis") and m == "frozen")]
+
+
+@pytest.mark.parametrize("config, mode", CASES)
 def test_every_task_family_writes_results(synthetic_root, r18_weights, tmp_path, config, mode):
     res = _run(config, tmp_path, ["MODEL.WEIGHTS", r18_weights, "TRANSFER.MODE", mode, "SEED", "3"])
     assert res["task"] == config[:-5] and res["mode"] == mode and res["backbone"] == "r18"

@@ -84,6 +84,8 @@ class MoCo(Method):
     @classmethod
     def check_config(cls, cfg):
         m = cfg.MOCO
+        if cfg.INPUT.NUM_VIEWS < 2:
+            raise ValueError(f"INPUT.NUM_VIEWS {cfg.INPUT.NUM_VIEWS}: MoCo needs 2 views (query and key)")
         if m.K < cfg.SOLVER.BATCH_SIZE:
             raise ValueError(f"MOCO.K {m.K} must be at least SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} (every "
                              "step enqueues a global batch of keys)")

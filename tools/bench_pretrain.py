@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Images/s of MoCo pretraining: the full training step and the data pipeline per worker, ours vs lightly.
+
+    python tools/bench_pretrain.py [--arch resnet18] [--size 64] [--batch 256] [--queue 65536] [--device cpu]
+                                   [--data ROOT/train] [--data-size 224] [--images 64] [--rounds 3]
+                                   [--no-lightly] [--skip-step] [--skip-data]
+
+Without ``--data``, a synthetic ImageNet-style folder (transfer.synthetic, ImageNet-sized JPEGs) is
+written to a temporary directory for the data-pipeline table. See pretrain/bench.py for what is timed.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pretrain.bench import bench_data, bench_step, format_table, lightly_available  # noqa: E402
+from pretrain.solver import cpu_has_native_bf16  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="bench_pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=64, help="input size of the training step")
+    parser.add_argument("--batch", type=int, default=256, help="batch of the step (the recipes' 256 by default)")
+    parser.add_argument("--queue", type=int, default=65536, help="MoCo queue length K")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=2, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is reported")
+    parser.add_argument("--data", default="", help="an ImageFolder (class folders) for the data table")
+    parser.add_argument("--data-size", type=int, default=224, help="view size of the data table")
+    parser.add_argument("--images", type=int, default=64, help="images per data-pipeline round")
+    parser.add_argument("--no-lightly", action="store_true", help="skip the lightly comparison")
+    parser.add_argument("--lightly-bf16", action="store_true", help="also time lightly with bf16 + channels_last")
+    parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--skip-data", action="store_true")
+    args = parser.parse_args(argv)
+
+    version = lightly_available()
+    use_lightly = not args.no_lightly and version is not None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
+          + (f", CPU native bf16: {cpu_has_native_bf16()}" if args.device == "cpu" else ""))
+    if args.no_lightly:
+        print("lightly: skipped (--no-lightly)")
+    elif version is None:
+        print("lightly: not installed (pip install lightly, or the package's `bench` extra); comparison skipped")
+    else:
+        print(f"lightly {version}")
+
+    if not args.skip_step:
+        rows = bench_step(args.arch, args.size, args.batch, args.queue, args.device, iters=args.iters,
+                          rounds=args.rounds, lightly=use_lightly, lightly_bf16=args.lightly_bf16)
+        print(f"\nFull MoCo v2 training step: {args.arch}, {args.size} px, batch {args.batch}, queue {args.queue}")
+        print(format_table(("step", "precision", "memory", "images/s", "vs lightly fp32"), rows))
+        if use_lightly:
+            ours = next(r for r in rows if r[0] == "ours default")
+            print(f"our default step / lightly's documented fp32 step: {ours[4]}")
+
+    if not args.skip_data:
+        root = args.data
+        tmp = None
+        if not root:
+            from transfer.synthetic import write_synthetic
+
+            tmp = tempfile.TemporaryDirectory(prefix="bench_pretrain_")
+            write_synthetic(tmp.name, kinds=("imagenet",), num_images=max(2, args.images // 10 + 1), seed=0,
+                            image_size=500)
+            root = os.path.join(tmp.name, "imagenet", "train")
+        rows = bench_data(root, size=args.data_size, num_images=args.images, rounds=args.rounds, lightly=use_lightly)
+        print(f"\nData pipeline, one worker (decode + views), {args.data_size} px views, {root}")
+        print(format_table(("pipeline", "output", "images/s per worker"), rows))
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
