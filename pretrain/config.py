@@ -20,6 +20,8 @@ import os
 import yaml
 from yacs.config import CfgNode as CN
 
+from transfer.yamlio import DuplicateKeyError, load_yaml
+
 __all__ = ["ConfigError", "get_cfg", "load_config", "BASE_KEY"]
 
 BASE_KEY = "_BASE_"
@@ -138,8 +140,9 @@ def _read_yaml(path, seen):
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = load_yaml(path)
+    except DuplicateKeyError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

@@ -130,3 +130,16 @@ def test_tiny_overrides_are_valid_keys():
     fpn = os.path.join(REPO, "configs", "transfer", "coco_keypoint_rcnn_R_50_FPN_1x.yaml")
     cfg = build_config(fpn, TINY_OVERRIDES, has_cuda=False)
     assert cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.INPUT.MIN_SIZE_TRAIN == (128,)
+
+
+def test_pretrain_configs_and_sweeps_refuse_duplicate_keys_too(tmp_path):
+    from pretrain.config import ConfigError as PretrainConfigError
+    from pretrain.config import load_config
+    from transfer.sweep import SweepError, load_sweep
+
+    bad = _write(tmp_path, "p.yaml", "MOCO:\n  K: 4096\n  T: 0.2\n  K: 65536\n")
+    with pytest.raises(PretrainConfigError, match=r"p\.yaml:4: duplicate key 'K'"):
+        load_config(bad)
+    sweep = _write(tmp_path, "s.yaml", "name: x\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(SweepError, match=r"s\.yaml:3: duplicate key 'seeds'"):
+        load_sweep(sweep)

@@ -19,6 +19,7 @@ from detectron2.config import get_cfg
 
 import transfer.heads  # noqa: F401  (registers the project's heads)
 from transfer.checkpoint_io import CheckpointError, read_checkpoint
+from transfer.yamlio import DuplicateKeyError, load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +72,6 @@ def get_transfer_cfg():
 
 # ------------------------------------------------------------------------------- duplicate-key lint
 
-class _DuplicateKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(
-                    f"{self.name}:{key_node.start_mark.line + 1}: duplicate key '{key}' "
-                    f"(first at line {seen[key] + 1}); YAML would silently keep only the last one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
 def lint_config_file(path, _chain=()):
     """Check ``path`` and every file of its ``_BASE_`` chain for duplicate keys; return the chain."""
     path = os.path.abspath(path)
@@ -93,15 +79,12 @@ def lint_config_file(path, _chain=()):
         raise ConfigError(f"config file not found: {path}")
     if path in _chain:
         raise ConfigError(f"{path}: _BASE_ chain loops back to this file")
-    with open(path) as f:
-        loader = _DuplicateKeyLoader(f)
-        loader.name = path
-        try:
-            data = loader.get_single_data() or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-        finally:
-            loader.dispose()
+    try:
+        data = load_yaml(path) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(str(e)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     chain = (*_chain, path)
     base = data.get("_BASE_") if isinstance(data, dict) else None
     if base:

@@ -35,6 +35,7 @@ import time
 import yaml
 
 from transfer.fileio import write_json_atomic
+from transfer.yamlio import DuplicateKeyError, load_yaml
 from transfer.submit import (Resources, SubmitError, TransferJob, check_cluster, job_error, job_paths,
                              job_states, make_executor, plan_text, resolve_resources)
 
@@ -101,8 +102,9 @@ def load_sweep(path, configs_dir=None, check_weights=True):
     if not os.path.isfile(path):
         raise SweepError(f"sweep file not found: {path}")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = load_yaml(path)
+    except DuplicateKeyError as e:
+        raise SweepError(str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise SweepError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
