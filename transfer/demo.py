@@ -28,7 +28,7 @@ class DemoSize:
     transfer_iters: int
 
 
-FULL = DemoSize(images=48, pretrain_iters=120, pretrain_batch=32, transfer_iters=150)
+FULL = DemoSize(images=48, pretrain_iters=200, pretrain_batch=32, transfer_iters=300)
 QUICK = DemoSize(images=8, pretrain_iters=3, pretrain_batch=8, transfer_iters=2)
 
 
