@@ -15,10 +15,11 @@ that is under way is not counted); ``sampler.position`` is where this epoch's da
 """
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from transfer.fileio import atomic_path
 
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "capture_rng", "restore_rng"]
 
@@ -29,19 +30,8 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj, path):
     """``torch.save(obj, path)`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def load_checkpoint(path):
