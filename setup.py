@@ -31,7 +31,10 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "timm"],
+        # FAISS for the memory-bank methods' neighbour search and k-means (pretrain/neighbours.py falls back
+        # to torch without it); on GPU machines install faiss-gpu instead
+        "faiss": ["faiss-cpu"],
+        "test": ["pytest", "timm", "faiss-cpu"],
         "bench": ["lightly"],
     },
 )

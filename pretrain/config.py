@@ -52,6 +52,44 @@ _C.MOCO.M = 0.999                 # momentum of the key encoder
 _C.MOCO.T = 0.07                  # softmax temperature
 _C.MOCO.SHUFFLE_BN = True         # shuffle the key batch across processes (no effect with one process)
 
+# ----------------------------------------------------------------------------- memory-bank methods
+# IR / BALL / ANN / LA / BALL+ / ANN+ (Wu et al. 2020) and CMC: one L2-normalised entry per training image,
+# m_i <- normalize(t m_i + (1 - t) f_i) (pretrain/memory_bank.py)
+_C.BANK = CN()
+_C.BANK.MOMENTUM = 0.5            # t, the update rate of Wu et al. B.3
+_C.BANK.NUM_NEGATIVES = 4096      # K negatives per sample (IR: uniform from the bank)
+_C.BANK.T = 0.07                  # softmax temperature
+_C.BANK.LOSS = "infonce"          # "infonce" (Wu et al. 2020's recommendation) or "nce" (InstDis's original)
+_C.BANK.NCE_Z = 0.0               # "nce": the normalising constant Z; 0 = estimated on the first batch (InstDis)
+_C.BANK.BACKEND = "auto"          # nearest neighbours / k-means: "auto" (FAISS if installed), "faiss", "torch"
+
+# background set B_i (BALL, ANN, LA): the bank entries closest to the current embedding, i excluded
+_C.BALL = CN()
+_C.BALL.NEIGHBOURS = 4096         # |B_i| (Wu et al. B.3: the 4096 nearest)
+_C.BALL.FRACTION = 0.0            # > 0: |B_i| = FRACTION x bank size instead (the paper's top p)
+# BALL+ / ANN+: B_i starts as the whole bank and shrinks to NEIGHBOURS (or FRACTION) over training
+_C.BALL.ANNEAL = False
+_C.BALL.ANNEAL_START = 1.0        # fraction of the bank at the start of the schedule
+_C.BALL.ANNEAL_SCHEDULE = "linear"  # "linear", "cosine" or "exp" (geometric) in iterations
+_C.BALL.ANNEAL_EPOCHS = (0.0, 0.0)  # (start, end) epoch of the shrinking; end 0 = the end of training
+
+# close-neighbour set C_i (ANN, LA): the members of i's cluster in any of RUNS k-means of the bank,
+# recomputed every epoch
+_C.CLUSTER = CN()
+_C.CLUSTER.K = 30000              # clusters per run (Wu et al. B.3: 30000 on ImageNet, 300 on CIFAR)
+_C.CLUSTER.RUNS = 10              # k-means runs with different seeds
+_C.CLUSTER.NITER = 20             # Lloyd iterations per run
+_C.CLUSTER.ANNEAL = False         # ANN+: C_i grows from empty with the shrinking B_i (see ANNEAL_* above)
+
+# Local Aggregation (Zhuang et al. 2019): loss -log P(C_i & B_i) / P(B_i)
+_C.LA = CN()
+_C.LA.IR_EPOCHS = 10              # epochs of IR first (Wu et al. B.3: 10 on ImageNet)
+
+# CMC (Tian et al. 2019): L and ab encoders, cross-view contrast against the other view's bank
+_C.CMC = CN()
+_C.CMC.NEGATIVES = "uniform"      # "uniform" (CMC), "ball" (CMC-BALL) or "ann" (CMC-ANN; + with BALL.ANNEAL)
+_C.CMC.WIDTH = 1.0                # width multiplier of each view's encoder (CMC's ImageNet ResNets: 0.5)
+
 # ----------------------------------------------------------------------------- PIRL-style JigSaw branch
 # (InfoMin): a third view cut into GRID x GRID tiles, shuffled, encoded by the query encoder tile by tile,
 # joined by a JigSaw head and contrasted with the same key and queue; loss = (1 - WEIGHT) * L + WEIGHT * L_jig
@@ -97,9 +135,11 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 _C.SOLVER.EPOCHS = 200
 _C.SOLVER.MAX_ITER = 0            # > 0: number of iterations (overrides EPOCHS)
-_C.SOLVER.LR_SCHEDULER = "cosine"  # "cosine" or "step"
+_C.SOLVER.LR_SCHEDULER = "cosine"  # "cosine", "step" or "plateau" (Wu et al. B.3: drop when kNN stops improving)
 _C.SOLVER.STEPS = (120, 160)      # "step": epochs at which the lr is multiplied by GAMMA
 _C.SOLVER.GAMMA = 0.1
+_C.SOLVER.PLATEAU_PATIENCE = 10  # "plateau": epochs without a better kNN top-1 before the lr is multiplied by GAMMA
+_C.SOLVER.PLATEAU_DROPS = 2       # "plateau": at most this many drops
 _C.SOLVER.COSINE_FINAL_FACTOR = 0.0  # "cosine": final lr / initial lr (PyContrast: 0.001)
 _C.SOLVER.WARMUP_EPOCHS = 0.0     # linear warm-up from WARMUP_FACTOR x lr
 _C.SOLVER.WARMUP_FACTOR = 0.01

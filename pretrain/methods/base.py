@@ -34,19 +34,25 @@ from torch import nn
 
 __all__ = ["Method", "mi_ceiling", "infonce_logits", "LOSS_FORMS"]
 
-LOSS_FORMS = ("infonce", "ntxent")
+LOSS_FORMS = ("infonce", "bank", "ntxent")
 
 
 def mi_ceiling(form, *, num_negatives=None, batch_size=None):
     """The largest mutual-information lower bound (nats) a loss of ``form`` can show.
 
-    - ``"infonce"``: one positive against ``num_negatives`` negatives (MoCo queue of K, memory bank
-      with K sampled negatives): ``log(K + 1)``;
+    - ``"infonce"``: one positive against ``num_negatives`` negatives of a MoCo queue of K: ``log(K + 1)``;
+    - ``"bank"``: one memory-bank entry (the positive) against ``num_negatives`` entries drawn from the
+      bank (IR, BALL, ANN, CMC; for BALL/ANN the negatives come from the restricted set, and the bound
+      is Wu et al.'s VINCE bound, looser than InfoNCE's): ``log(K + 1)``;
     - ``"ntxent"``: SimCLR's loss over a batch of N pairs, 2N - 2 negatives per anchor: ``log(2N - 1)``.
     """
-    if form == "infonce":
+    if form in ("infonce", "bank"):
+        if num_negatives is None or num_negatives < 1:
+            raise ValueError(f"loss form {form!r} needs the number of negatives, got {num_negatives!r}")
         return math.log(num_negatives + 1)
     if form == "ntxent":
+        if batch_size is None or batch_size < 2:
+            raise ValueError(f"loss form 'ntxent' needs a batch of at least 2 pairs, got {batch_size!r}")
         return math.log(2 * batch_size - 1)
     raise ValueError(f"no MI ceiling for loss form {form!r}; known: {', '.join(LOSS_FORMS)}")
 
