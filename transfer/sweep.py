@@ -23,10 +23,15 @@ submits only what is not done: runs never submitted, and failed runs (again, wit
 pending and running jobs are never duplicated. On SLURM all runs of one submission form one job
 array with at most ``array_parallelism`` running at once; locally, at most that many jobs run at
 once and ``--wait`` submits the rest as slots free up.
+
+A sweep can also pretrain its backbones and evaluate them on frozen features (linear evaluation,
+mutual-information estimation): the ``pretrain`` and ``evaluations`` sections, see
+:mod:`transfer.pipeline`. Runs that need a pretrained backbone wait for it (SLURM: job dependencies).
 """
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
@@ -46,7 +51,7 @@ STATES = ("pending", "running", "done", "failed")
 LEDGER = "sweep.json"
 LOCK = ".sweep.lock"
 MODES = ("finetune", "frozen")
-SWEEP_KEYS = ("name", "backbones", "tasks", "modes", "seeds", "overrides", "resources")
+SWEEP_KEYS = ("name", "backbones", "tasks", "modes", "seeds", "overrides", "resources", "pretrain", "evaluations")
 GRID_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.MODE", "MODEL.WEIGHTS", "TRANSFER.BACKBONE_NAME")
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transfer")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -69,6 +74,11 @@ class Sweep:
     overrides: list
     resources: dict
     config_files: dict  # task -> config file
+    pretrain: dict = dataclasses.field(default_factory=dict)   # name -> pipeline.PretrainSpec
+    pretrain_resources: dict = dataclasses.field(default_factory=dict)
+    linear: list = dataclasses.field(default_factory=list)    # [pipeline.LinearSpec]
+    mi: list = dataclasses.field(default_factory=list)        # [pipeline.MISpec]
+    eval_resources: dict = dataclasses.field(default_factory=dict)
 
 
 def _task_config(task, configs_dir, where):
@@ -118,9 +128,18 @@ def load_sweep(path, configs_dir=None, check_weights=True):
     if not isinstance(name, str) or not _NAME.match(name):
         raise SweepError(f"{path}: 'name' must be letters, digits and _.+- (got {name!r})")
 
+    from transfer.pipeline import parse_evaluations, parse_pretrain
+
+    pretrain, pretrain_resources = parse_pretrain(data.get("pretrain"), path, lambda n: bool(_NAME.match(n)))
+    linear, mi, eval_resources = parse_evaluations(data.get("evaluations"), path)
     backbones = data.get("backbones")
-    if not isinstance(backbones, dict) or not backbones:
+    if backbones is None and pretrain:
+        backbones = {}
+    if not isinstance(backbones, dict) or not (backbones or pretrain):
         raise SweepError(f"{path}: 'backbones' must map names to weights files (\"\" for random init)")
+    both = sorted(set(map(str, backbones)) & set(pretrain))
+    if both:
+        raise SweepError(f"{path}: backbone {both[0]!r} is both in 'backbones' and in 'pretrain'")
     clean = {}
     for bname, weights in backbones.items():
         bname = str(bname)
@@ -135,7 +154,11 @@ def load_sweep(path, configs_dir=None, check_weights=True):
                              "with tools/convert_backbone.py and put its path in the sweep file)")
         clean[bname] = os.path.abspath(weights) if weights else ""
 
-    tasks = [str(t) for t in _list(data, "tasks", path, "config names under configs/transfer")]
+    evaluations = bool(linear or mi)
+    if evaluations and not data.get("tasks"):
+        data = {**data, "tasks": [], "modes": data.get("modes") or ["frozen"]}
+    tasks = [str(t) for t in data["tasks"]] if evaluations and not data["tasks"] else \
+        [str(t) for t in _list(data, "tasks", path, "config names under configs/transfer")]
     config_files = {}
     for task in tasks:
         stem = os.path.splitext(os.path.basename(task))[0]
@@ -170,7 +193,13 @@ def load_sweep(path, configs_dir=None, check_weights=True):
         Resources().updated(resources, f"{path}: resources")
     except SubmitError as e:
         raise SweepError(str(e)) from None
-    return Sweep(name, os.path.abspath(path), clean, tasks, modes, seeds, overrides, dict(resources), config_files)
+    for where, extra in (("pretrain: resources", pretrain_resources), ("evaluations: resources", eval_resources)):
+        try:
+            Resources().updated(extra, f"{path}: {where}")
+        except SubmitError as e:
+            raise SweepError(str(e)) from None
+    return Sweep(name, os.path.abspath(path), clean, tasks, modes, seeds, overrides, dict(resources), config_files,
+                 pretrain, pretrain_resources, linear, mi, eval_resources)
 
 
 def _override_text(value):
@@ -195,6 +224,16 @@ class Run:
     config_file: str
     output_dir: str
     overrides: tuple = ()
+    kind: str = "transfer"       # transfer | pretrain | linear | mi
+    after: tuple = ()            # ids of the runs this one needs (its pretraining)
+    args: tuple = ()             # the command's arguments (kinds other than transfer)
+    done_file: str = "results.json"   # in output_dir: its presence marks the run done
+    convert: bool = True         # pretrain: convert the final checkpoint to weights.pkl
+
+    @property
+    def group(self):
+        """Which resources the run's job asks for: transfer, pretrain or eval."""
+        return {"transfer": "transfer", "pretrain": "pretrain"}.get(self.kind, "eval")
 
     @property
     def opts(self):
@@ -203,44 +242,136 @@ class Run:
 
     @property
     def argv(self):
-        """``python -m transfer.train_net`` arguments of this run."""
+        """The run's command-line arguments (``python -m transfer.train_net`` ones for transfer runs)."""
+        if self.kind != "transfer":
+            return list(self.args)
         return ["--config-file", self.config_file, *self.opts]
 
     def command(self, resume=False):
         """The equivalent shell command (quoted)."""
-        return TransferJob(self.argv, self.output_dir, resume=resume).command()
+        import shlex
+        import sys
+
+        from transfer.pipeline import ESTIMATE_MI
+
+        if self.kind == "transfer":
+            return TransferJob(self.argv, self.output_dir, resume=resume).command()
+        head = {"pretrain": ["-m", "pretrain.train", "--resume"],  # a pretraining stage always resumes
+                "linear": ["-m", "pretrain.linear_eval"], "mi": [ESTIMATE_MI]}[self.kind]
+        return shlex.join([sys.executable, *head, *self.argv])
+
+
+def _all_backbones(sweep, root):
+    """name -> (weights, after): the given backbones, then the pretrained ones (weights they will have)."""
+    out = {name: (weights, ()) for name, weights in sweep.backbones.items()}
+    for name, spec in sweep.pretrain.items():
+        out[name] = (spec.weights(root), (f"pretrain/{name}",))
+    return out
 
 
 def expand(sweep, root):
-    """Every run of the grid, in the order task, backbone, mode, seed."""
+    """Every run: pretraining first, then the Detectron2 grid in the order task, backbone, mode, seed,
+    then the frozen-feature evaluations."""
+    from transfer.pipeline import FINAL_CHECKPOINT, WEIGHTS_FILE, pretrain_output
+
     root = os.path.abspath(root)
     runs = []
+    for name, spec in sweep.pretrain.items():
+        out = pretrain_output(root, name)
+        runs.append(Run(f"pretrain/{name}", "pretrain", name, "", "pretrain", 0, spec.config, out,
+                        kind="pretrain", args=("--config-file", spec.config, *spec.overrides, "OUTPUT_DIR", out),
+                        done_file=WEIGHTS_FILE if spec.rgb_backbone else FINAL_CHECKPOINT,
+                        convert=spec.rgb_backbone))
+    backbones = _all_backbones(sweep, root)
     for task in sweep.tasks:
-        for backbone, weights in sweep.backbones.items():
+        for backbone, (weights, after) in backbones.items():
+            if backbone in sweep.pretrain and not sweep.pretrain[backbone].rgb_backbone:
+                continue  # CMC and the like: no RGB ResNet for Detectron2 (see pipeline.parse_pretrain)
             for mode in sweep.modes:
                 for seed in sweep.seeds:
                     rid = f"{task}/{backbone}/{mode}/seed{seed}"
                     runs.append(Run(rid, task, backbone, weights, mode, seed, sweep.config_files[task],
-                                    os.path.join(root, *rid.split("/")), tuple(sweep.overrides)))
+                                    os.path.join(root, *rid.split("/")), tuple(sweep.overrides), after=after))
+    for spec in sweep.linear:
+        task = f"linear_{spec.name}"
+        for backbone, (weights, after) in backbones.items():
+            if not weights:
+                continue  # random initialisation: nothing to load for a frozen evaluation
+            for seed in sweep.seeds:
+                rid = f"{task}/{backbone}/frozen/seed{seed}"
+                out = os.path.join(root, *rid.split("/"))
+                args = ("--config-file", spec.config, "--weights", weights, "--out", out, *spec.overrides,
+                        "DATA.NAME", spec.name, "BACKBONE_NAME", backbone, "SEED", str(seed))
+                runs.append(Run(rid, task, backbone, weights, "frozen", seed, spec.config, out, kind="linear",
+                                after=after, args=args))
+    for spec in sweep.mi:
+        task = f"mi_{spec.name}"
+        for backbone, (weights, after) in backbones.items():
+            if not weights:
+                continue
+            rid = f"{task}/{backbone}"
+            out = os.path.join(root, *rid.split("/"))
+            args = ("--weights", weights, *spec.args(), "--out", out, "--backbone-name", backbone)
+            runs.append(Run(rid, task, backbone, weights, "frozen", 0, "", out, kind="mi", after=after, args=args,
+                            done_file="mi.json"))
     return runs
 
 
-def check_runs(runs, res):
+def skipped_backbones(sweep):
+    """Pretrained backbones left out of the Detectron2 tasks, with the reason (for the user)."""
+    return {name: f"MODEL.METHOD {spec.method}: not one RGB ResNet, so no Detectron2 weights"
+            for name, spec in sweep.pretrain.items() if not spec.rgb_backbone and sweep.tasks}
+
+
+def check_runs(runs, res, group_resources=None):
     """Build the config of every (task, backbone, mode) for the job's processes and check the datasets
-    they name, before anything is submitted. Raises ConfigError/DatasetError (one line)."""
+    they name, and every pretraining config and its data, before anything is submitted. Raises
+    ConfigError/DatasetError/PretrainError/SweepError (one line). ``group_resources``: the resources of
+    the pretrain and eval jobs (default ``res``)."""
     from transfer.config import build_config
     from transfer.datasets import register_from_config, validate_datasets
 
+    group_resources = group_resources or {}
     names, seen = {}, set()
     for run in runs:
+        if run.kind == "pretrain":
+            _check_pretrain(run, group_resources.get("pretrain", res))
+            continue
+        if run.kind == "linear":
+            _check_linear(run)
+            continue
+        if run.kind == "mi":
+            data = run.args[run.args.index("--data") + 1]
+            if not os.path.isdir(data):
+                raise SweepError(f"{run.id}: MI data folder not found: {data}")
+            continue
         key = (run.task, run.backbone, run.mode)
         if key in seen:
             continue
         seen.add(key)
-        cfg = build_config(run.config_file, run.opts, world_size=res.world_size, has_cuda=res.gpus_per_node > 0)
+        opts = list(run.opts)
+        if run.after:  # the weights do not exist yet: check the config with a random initialisation
+            opts[opts.index("MODEL.WEIGHTS") + 1] = ""
+        cfg = build_config(run.config_file, opts, world_size=res.world_size, has_cuda=res.gpus_per_node > 0)
         register_from_config(cfg.TRANSFER.COCO_DATASETS)
         names.update(dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]))
     validate_datasets(list(names))
+
+
+def _check_pretrain(run, res):
+    """The pretraining config and its data folder, for the job's processes (pretrain.train.setup)."""
+    from pretrain import train
+
+    train.setup(train.argument_parser().parse_args(list(run.args)), world_size=res.world_size)
+
+
+def _check_linear(run):
+    """The linear-evaluation config and overrides parse (the data is checked when the run starts)."""
+    from pretrain import linear_eval
+
+    check = getattr(linear_eval, "check_args", None)
+    if check is not None:
+        check(list(run.args))
 
 
 # ---------------------------------------------------------------------------------------- the ledger
@@ -299,8 +430,9 @@ class Ledger:
     def add(self, run):
         record = self.record(run.id)
         if record is None:
-            record = {"id": run.id, "task": run.task, "backbone": run.backbone, "weights": run.weights,
-                      "mode": run.mode, "seed": run.seed, "output_dir": run.output_dir, "state": "pending",
+            record = {"id": run.id, "kind": run.kind, "task": run.task, "backbone": run.backbone,
+                      "weights": run.weights, "mode": run.mode, "seed": run.seed, "output_dir": run.output_dir,
+                      "done_file": run.done_file, "after": list(run.after), "state": "pending",
                       "cluster": None, "job_id": None, "job_dir": None, "stdout": None, "stderr": None,
                       "attempts": 0, "submitted": None, "ended": None, "error": None, "command": None,
                       "history": []}
@@ -333,7 +465,7 @@ def locked(root):
 
 
 def _results_exist(record):
-    return os.path.isfile(os.path.join(record["output_dir"], "results.json"))
+    return os.path.isfile(os.path.join(record["output_dir"], record.get("done_file") or "results.json"))
 
 
 def refresh(ledger, live_jobs=None):
@@ -368,7 +500,7 @@ def refresh(ledger, live_jobs=None):
         if record["state"] not in ("pending", "running"):
             if record["state"] == "done":  # results.json was removed: run it again
                 record["state"] = "failed"
-                record["error"] = "results.json is gone"
+                record["error"] = f"{record.get('done_file') or 'results.json'} is gone"
             continue
         word, detail = states.get(record["cluster"], {}).get(record["job_id"], ("unknown", ""))
         if word in ("pending", "running"):
@@ -377,23 +509,60 @@ def refresh(ledger, live_jobs=None):
             record["state"] = "failed"
             record["ended"] = _now()
             reason = job_error(record["job_dir"], record["job_id"]) if record["job_dir"] else None
-            record["error"] = reason or f"job {record['job_id']} ended ({detail}) without results.json"
+            done_file = record.get("done_file") or "results.json"
+            record["error"] = reason or f"job {record['job_id']} ended ({detail}) without {done_file}"
     return ledger
 
 
 # ------------------------------------------------------------------------------------------ submitting
 
-def _select(ledger, runs, retry_failed=True):
-    """The runs to submit now: never submitted, or failed (to resume) when ``retry_failed``."""
+def _wanted(record, retry_failed):
+    return (retry_failed and record["state"] == "failed") or (record["state"] == "pending" and not record["job_id"])
+
+
+def _select(ledger, runs, retry_failed=True, cluster=None, deps=None, ignore_deps=False):
+    """The runs to submit now: never submitted, or failed (to resume) when ``retry_failed``, whose
+    prerequisites are done; on SLURM also those whose prerequisites are queued or running (``deps``, a
+    dict, receives ``run.id -> [job ids]`` to wait for)."""
     chosen = []
     for run in runs:
         record = ledger.add(run)
-        if (retry_failed and record["state"] == "failed") or (record["state"] == "pending" and not record["job_id"]):
+        if not _wanted(record, retry_failed):
+            continue
+        before = [ledger.record(rid) for rid in run.after]
+        if ignore_deps or all(b is not None and b["state"] == "done" for b in before):
             chosen.append(run)
+        elif cluster == "slurm" and all(b is not None and (b["state"] == "done" or (
+                b["state"] in ("pending", "running") and b["job_id"])) for b in before):
+            chosen.append(run)
+            if deps is not None:
+                deps[run.id] = [b["job_id"] for b in before if b["state"] != "done"]
     return chosen
 
 
-def _default_make_job(run, resume):
+def waiting(ledger, runs):
+    """How many runs wait for a prerequisite that is not done."""
+    n = 0
+    for run in runs:
+        record = ledger.record(run.id)
+        if record and record["state"] != "done" and any(
+                (ledger.record(rid) or {}).get("state") != "done" for rid in run.after):
+            n += 1
+    return n
+
+
+def _default_make_job(run, resume, resources=None):
+    from transfer.pipeline import ESTIMATE_MI, CommandJob, PretrainStageJob
+    from transfer.submit import prepare_pretrain
+
+    if run.kind == "pretrain":
+        res = (resources or {}).get("pretrain") or Resources(cluster="debug", gpus_per_node=0)
+        checked = prepare_pretrain(list(run.args), res)
+        return PretrainStageJob(checked.argv, checked.output_dir, checked.cfg_text, convert=run.convert)
+    if run.kind == "linear":
+        return CommandJob("pretrain.linear_eval", run.argv, run.output_dir, resume=resume)
+    if run.kind == "mi":
+        return CommandJob(ESTIMATE_MI, run.argv, run.output_dir, resume=resume)
     return TransferJob(run.argv, run.output_dir, resume=resume)
 
 
@@ -408,13 +577,30 @@ def _mark_submitted(record, job, res, job_dir, command):
                   submitted=_now(), ended=None, error=None, command=command)
 
 
-def _submit(ledger, runs, res, job_dir, name, make_job, live_jobs, out):
-    """Submit ``runs`` (one job array on SLURM); record them in the ledger (saved by the caller)."""
+def _submit(ledger, runs, res, job_dir, name, make_job, live_jobs, out, deps=None):
+    """Submit ``runs``: one job array (on SLURM) per resource group and set of prerequisite jobs;
+    record them in the ledger (saved by the caller). ``res``: a Resources, or a dict group -> Resources."""
     if not runs:
         return []
+    by_group = res if isinstance(res, dict) else {"transfer": res, "pretrain": res, "eval": res}
+    deps = deps or {}
+    groups = {}
+    for run in runs:
+        groups.setdefault((run.group, tuple(deps.get(run.id, ()))), []).append(run)
+    done = []
+    for (group, after), members in groups.items():
+        tag = "" if group == "transfer" else f"_{group}"
+        done += _submit_group(ledger, members, by_group[group], job_dir, name + tag, make_job, live_jobs, out, after)
+    return done
+
+
+def _submit_group(ledger, runs, res, job_dir, name, make_job, live_jobs, out, after=()):
     resumes = [ledger.record(run.id)["attempts"] > 0 for run in runs]
     jobs = [make_job(run, resume) for run, resume in zip(runs, resumes)]
     executor = make_executor(res, job_dir, name)
+    if after and res.cluster == "slurm":
+        executor.update_parameters(additional_parameters={"dependency": "afterok:" + ":".join(after),
+                                                          "kill_on_invalid_dep": "yes"})
     if res.cluster == "debug":
         # one after the other in this process; the ledger is saved around each run
         for run, job, resume in zip(runs, jobs, resumes):
@@ -430,7 +616,7 @@ def _submit(ledger, runs, res, job_dir, name, make_job, live_jobs, out):
             record["state"] = "done" if _results_exist(record) else "failed"
             record["ended"] = _now()
             if record["state"] == "failed" and not record["error"]:
-                record["error"] = "the job ended without results.json"
+                record["error"] = f"the job ended without {run.done_file}"
             ledger.save()
         return runs
     if len(jobs) == 1:
@@ -453,12 +639,19 @@ def _active(ledger, cluster):
 
 
 def _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out, retry_failed=True):
+    """Submit what can go now; prerequisites first, so that (on SLURM) their dependants, selected in
+    a second pass, can name their job ids. ``res``: a dict group -> Resources."""
     refresh(ledger, live_jobs)
-    chosen = _select(ledger, runs, retry_failed)
-    if res.cluster == "local":  # no scheduler queues the rest: keep at most array_parallelism running
-        chosen = chosen[:max(0, res.array_parallelism - _active(ledger, "local"))]
-    _submit(ledger, chosen, res, job_dir, name, make_job, live_jobs, out)
-    ledger.save()
+    cluster = res["transfer"].cluster
+    chosen = []
+    for stage in (lambda r: not r.after, lambda r: bool(r.after)):
+        deps = {}
+        picked = _select(ledger, [r for r in runs if stage(r)], retry_failed, cluster, deps)
+        if cluster == "local":  # no scheduler queues the rest: keep at most array_parallelism running
+            picked = picked[:max(0, res["transfer"].array_parallelism - _active(ledger, "local"))]
+        _submit(ledger, picked, res, job_dir, name, make_job, live_jobs, out, deps)
+        ledger.save()
+        chosen += picked
     return chosen
 
 
@@ -473,15 +666,25 @@ def run_sweep(sweep_file, output_root=None, resources=None, dry_run=False, wait=
     every run is done or failed. ``make_job(run, resume)`` builds the submitted callable (default: a
     :class:`~transfer.submit.TransferJob`). Returns the ledger (None for a dry run).
     """
-    make_job = make_job or _default_make_job
     sweep = load_sweep(sweep_file, configs_dir)
     where = f"{sweep_file}: resources"
     res = resources if isinstance(resources, Resources) else \
         resolve_resources(resources, base=resolve_resources(sweep.resources, source=where))
+    groups = {"transfer": res}
+    for group, extra in (("pretrain", sweep.pretrain_resources), ("eval", sweep.eval_resources)):
+        if isinstance(resources, Resources):
+            groups[group] = resources
+        else:  # the command line wins over the section's resources, which win over the sweep's
+            base = resolve_resources(extra, base=resolve_resources(sweep.resources, source=where),
+                                     source=f"{sweep_file}: {group} resources")
+            groups[group] = resolve_resources(resources, base=base)
+    make_job = make_job or functools.partial(_default_make_job, resources=groups)
     root = os.path.abspath(output_root or os.path.join("output", "sweeps", sweep.name))
     runs = expand(sweep, root)
+    for backbone, reason in skipped_backbones(sweep).items():
+        out(f"sweep {sweep.name}: {backbone} is left out of the Detectron2 tasks ({reason})")
     if check:
-        check_runs(runs, res)
+        check_runs(runs, res, groups)
     job_dir = os.path.join(os.path.abspath(res.job_dir) if res.job_dir else os.path.join(root, "submitit"), "%j")
     name = res.job_name or sweep.name
 
@@ -490,7 +693,7 @@ def run_sweep(sweep_file, output_root=None, resources=None, dry_run=False, wait=
             ledger = refresh(Ledger.open(root, sweep))
         else:
             ledger = Ledger(root, {"name": sweep.name, "runs": []})
-        chosen = _select(ledger, runs)
+        chosen = _select(ledger, runs, ignore_deps=True)
         out(f"# sweep {sweep.name}: {len(runs)} runs, {len(chosen)} to submit; ledger {ledger.path}")
         if chosen:
             jobs = [make_job(run, ledger.record(run.id)["attempts"] > 0) for run in chosen]
@@ -501,9 +704,12 @@ def run_sweep(sweep_file, output_root=None, resources=None, dry_run=False, wait=
     live_jobs = {}
     with locked(root):
         ledger = Ledger.open(root, sweep)
-        _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out)
+        _submit_round(ledger, runs, groups, job_dir, name, make_job, live_jobs, out)
     counts = ledger.counts()
-    out(f"sweep {sweep.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; ledger {ledger.path}")
+    blocked = waiting(ledger, runs)
+    out(f"sweep {sweep.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; ledger {ledger.path}"
+        + (f"; {blocked} wait for their pretraining (submitted as it finishes: --wait, or run this again)"
+           if blocked and res.cluster != "slurm" else ""))
     if wait and res.cluster == "debug":
         out(format_status(ledger))
     elif wait:
@@ -514,12 +720,15 @@ def run_sweep(sweep_file, output_root=None, resources=None, dry_run=False, wait=
                 ledger = Ledger.open(root, sweep)
                 if res.cluster == "local":
                     # the runs not yet submitted, as slots free up (failures are retried by the next sweep command)
-                    _submit_round(ledger, runs, res, job_dir, name, make_job, live_jobs, out, retry_failed=False)
+                    _submit_round(ledger, runs, groups, job_dir, name, make_job, live_jobs, out, retry_failed=False)
                 else:
                     refresh(ledger, live_jobs)
                     ledger.save()
             mine = [r for r in ledger.runs if r["id"] in ids]
-            if all(r["state"] in ("done", "failed") for r in mine):
+            failed = {r["id"] for r in mine if r["state"] == "failed"}
+            # a run whose prerequisite failed cannot start in this command: it counts as finished here
+            stuck = {run.id for run in runs if any(a in failed for a in run.after)}
+            if all(r["state"] in ("done", "failed") or r["id"] in stuck for r in mine):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"sweep {sweep.name}: runs still pending or running after {timeout_s} s")
