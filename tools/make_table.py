@@ -7,13 +7,18 @@
 
 Per task and metric family: rows = backbones, column groups = fine-tuned | frozen, cells = mean +- sample
 std over seeds (n when > 1), [delta] vs the baseline backbone. See transfer/report/.
+When the root also holds mi.json files (tools/estimate_mi.py, or a sweep's mi evaluations), each estimate
+is an MI column, and the backbones are ranked by MI with the Pearson and Kendall correlations to every
+downstream metric (Lee et al. Table I); the HTML report plots each metric against MI (InfoMin Fig. 5).
 """
 import argparse
+import os
 import sys
 
 from transfer.report import FORMATS, ReportError, make_tables, parse_metrics, render
 from transfer.fileio import write_text_atomic
-from transfer.report.html import report_html
+from transfer.report.html import data_uri, report_html
+from transfer.report.mi import collect_mi, mi_columns, plot_mi_vs_metric, ranking, render_ranking
 from transfer.report.plots import plot_tables, write_plots
 
 PROG = "make_table"
@@ -46,10 +51,17 @@ def main(argv=None):
     if args.reference_arch and not args.references:
         parser.error("--reference-arch needs --references")
     try:
+        mi_records, mi_skipped = collect_mi(args.root) if os.path.isdir(args.root) else ([], [])
         collection, tables = make_tables(args.root, baseline=args.baseline, references=args.references,
                                          tasks=args.tasks, metrics=parse_metrics(args.metrics),
-                                         reference_arch=args.reference_arch)
+                                         reference_arch=args.reference_arch, extra=mi_columns(mi_records) or None)
         text = render(tables, args.format, skipped=collection.skipped)
+        rankings = ranking(mi_records, collection) if mi_records else []
+        if rankings and args.format in ("markdown", "html"):
+            text += "\n## MI and downstream performance (Lee et al. Table I)\n\n" if args.format == "markdown" else ""
+            text += render_ranking(rankings, args.format) + "\n"
+        for path, reason in mi_skipped:
+            print(f"{PROG}: warning: skipped {path}: {reason}", file=sys.stderr)
         plots = plot_tables(tables) if (args.plots or args.report) else {}
         if args.out:
             write_text_atomic(args.out, text)
@@ -59,8 +71,14 @@ def main(argv=None):
             for path in write_plots(plots, args.plots):
                 print(f"{PROG}: wrote {path}", file=sys.stderr)
         if args.report:
+            sections = []
+            if rankings:
+                mi_plots = plot_mi_vs_metric(rankings)
+                figures = "".join(f'<img class="plot" alt="{key}" src="{data_uri(png)}">' for key, png in mi_plots.items())
+                sections.append(("MI and downstream performance (Lee et al. Table I; InfoMin Fig. 5)",
+                                 render_ranking(rankings, "html") + figures))
             write_text_atomic(args.report, report_html(collection, tables, plots, baseline=args.baseline,
-                                                       references=args.references))
+                                                       references=args.references, sections=sections))
             print(f"{PROG}: wrote {args.report}", file=sys.stderr)
     except ReportError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

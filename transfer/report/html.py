@@ -66,8 +66,10 @@ def problems_section(collection):
     return "\n".join(parts)
 
 
-def report_html(collection, tables, plots, baseline=None, references=False, title="Transfer results"):
-    """The report as one HTML string. ``plots``: {task: PNG bytes}."""
+def report_html(collection, tables, plots, baseline=None, references=False, title="Transfer results",
+                sections=()):
+    """The report as one HTML string. ``plots``: {task: PNG bytes}; ``sections``: extra (title, HTML body)
+    blocks after the tables (e.g. the MI ranking and its plots)."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tasks = []
     for t in tables:
@@ -90,6 +92,9 @@ def report_html(collection, tables, plots, baseline=None, references=False, titl
             body.append(f'<img class="plot" alt="{_esc(what)} per backbone, {_esc(task)}" '
                         f'src="{data_uri(plots[task])}">')
         body.extend(render_html_table(t) for t in tables if t.task == task)
+    for i, (heading, html_body) in enumerate(sections):
+        body.append(f'<h2 id="section-{i}">{_esc(heading)}</h2>')
+        body.append(html_body)
     body.append(runs_section(collection))
     body.append(problems_section(collection))
     return html_document(title, "\n".join(body))
