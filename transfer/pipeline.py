@@ -112,9 +112,15 @@ def _overrides(value, where):
 
 
 def _path(value, base, where):
+    """An absolute path: relative paths are taken from the working directory, or else (configs shipped
+    with the project, e.g. configs/pretrain/ir_R_18.yaml) from the project's root."""
     if not isinstance(value, str) or not value:
         raise _error(f"{where}: expected a file or folder path, got {value!r}")
-    return value if os.path.isabs(value) else os.path.abspath(value)
+    if os.path.isabs(value):
+        return value
+    here = os.path.abspath(value)
+    shipped = os.path.join(REPO_ROOT, value)
+    return shipped if not os.path.exists(here) and os.path.exists(shipped) else here
 
 
 def _mapping(value, where, keys):
