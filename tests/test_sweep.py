@@ -98,14 +98,15 @@ def test_shipped_sweeps(synthetic_root):
     expected = {"infomin_table2.yaml": (4, 4, ["finetune"], 1, "Table 2"),
                 "infomin_voc_table3.yaml": (1, 5, ["finetune"], 5, "Table 3"),
                 "wu2020_frozen_r18.yaml": (5, 6, ["frozen"], 1, "Table 2"),
-                "demo.yaml": (2, 1, ["finetune", "frozen"], 2, "Table")}
+                "demo.yaml": (2, 1, ["finetune", "frozen"], 2, "Table"),
+                "wu2020_table2.yaml": (5, 6, ["frozen"], 1, "Table 2")}
     assert sorted(f for f in os.listdir(SWEEPS) if f.endswith(".yaml")) == sorted(expected)
     for name, (tasks, backbones, modes, seeds, table) in expected.items():
         with open(os.path.join(SWEEPS, name)) as f:
             first = f.readline()
         assert first.startswith("# ") and table in first, name  # names the table it reproduces
         sweep = load_sweep(os.path.join(SWEEPS, name), check_weights=False)
-        grid = (len(sweep.tasks), len(sweep.backbones), sweep.modes, len(sweep.seeds))
+        grid = (len(sweep.tasks), len(sweep.backbones) + len(sweep.pretrain), sweep.modes, len(sweep.seeds))
         assert grid == (tasks, backbones, modes, seeds), name
     table2 = load_sweep(os.path.join(SWEEPS, "infomin_table2.yaml"), check_weights=False)
     assert set(table2.tasks) == {"coco_mask_rcnn_R_50_FPN_1x", "coco_mask_rcnn_R_50_FPN_2x",
@@ -115,6 +116,17 @@ def test_shipped_sweeps(synthetic_root):
     wu = load_sweep(os.path.join(SWEEPS, "wu2020_frozen_r18.yaml"), check_weights=False)
     assert {"coco_keypoint_rcnn_R_50_FPN_1x", "voc_faster_rcnn_R_50_C4_24k"} <= set(wu.tasks)
     assert any(t.startswith("lvis") for t in wu.tasks)
+    # Table 2 end to end: the six methods pretrained, linear evaluation and the same five frozen tasks
+    table2 = load_sweep(os.path.join(SWEEPS, "wu2020_table2.yaml"), check_weights=False)
+    assert set(table2.tasks) == set(wu.tasks) and table2.modes == ["frozen"]
+    assert {b: s.method for b, s in table2.pretrain.items()} == {
+        "ir": "ir", "ball": "ball", "ann": "ann", "la": "la", "ball+": "ball_plus", "ann+": "ann_plus"}
+    assert [s.name for s in table2.linear] == ["imagenet"]
+    from transfer.references import find_references, load_references
+
+    refs = load_references()
+    for task in table2.tasks:  # the backbone names are the references' (the tables put them side by side)
+        assert set(table2.pretrain) == {r.backbone for r in find_references(refs, paper="Wu2020", task=task)}
     # the demo is complete: configs build and the datasets it names are there
     from transfer.submit import Resources
     from transfer.sweep import check_runs

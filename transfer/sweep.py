@@ -94,6 +94,15 @@ def _task_config(task, configs_dir, where):
     return path
 
 
+def _task_stem(task):
+    """The task name of a config name or file: the file name without .yaml (``lvis_v0.5_...`` keeps its dot)."""
+    base = os.path.basename(task)
+    for ext in (".yaml", ".yml"):
+        if base.endswith(ext):
+            return base[:-len(ext)]
+    return base
+
+
 def _list(data, key, where, kind):
     value = data.get(key)
     if value is None or value == []:
@@ -161,9 +170,9 @@ def load_sweep(path, configs_dir=None, check_weights=True):
         [str(t) for t in _list(data, "tasks", path, "config names under configs/transfer")]
     config_files = {}
     for task in tasks:
-        stem = os.path.splitext(os.path.basename(task))[0]
+        stem = _task_stem(task)
         config_files[stem] = _task_config(task, configs_dir, path)
-    tasks = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tasks))
+    tasks = list(dict.fromkeys(_task_stem(t) for t in tasks))
 
     modes = [str(m) for m in _list(data, "modes", path, f"modes: {', '.join(MODES)}")]
     for mode in modes:
