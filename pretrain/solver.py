@@ -9,11 +9,28 @@ __all__ = ["CPU_BF16_MIN_INPUT", "LRSchedule", "build_optimizer", "resolve_preci
 
 
 class LRSchedule:
-    """Learning rate per iteration: ``SOLVER.LR_SCHEDULER`` "step" or "cosine", optional linear warm-up.
+    """Learning rate per iteration: ``SOLVER.LR_SCHEDULER`` "step", "cosine" or "plateau", optional linear
+    warm-up.
 
     The base rate is ``BASE_LR * BATCH_SIZE / REFERENCE_BATCH_SIZE``. Points given in epochs (``STEPS``,
     ``WARMUP_EPOCHS``) are fractions of ``SOLVER.EPOCHS`` applied to ``max_iter``, so that a run shortened
     with ``SOLVER.MAX_ITER`` keeps the shape of its schedule.
+
+    "plateau" (Wu et al. 2020, Appendix B.3: "the learning rate was dropped twice by a factor of 10 once
+    learning converged, defined as no improvement in nearest neighbor classification accuracy ... for 10
+    epochs"): the loop reports the kNN top-1 after every epoch with :meth:`report_metric`. The rule, with
+    ``P = SOLVER.PLATEAU_PATIENCE``:
+
+    - a report better than the best so far (strictly greater) becomes the best; its epoch is the
+      reference epoch;
+    - otherwise, once ``epoch - reference >= P`` (P reports in a row without a new best) and fewer than
+      ``SOLVER.PLATEAU_DROPS`` drops were made, the rate is multiplied by ``SOLVER.GAMMA`` from the
+      iteration after the report on, and the reference epoch becomes the drop's epoch (the lower rate gets
+      P epochs of its own before the next drop; the best value is kept, so it must be beaten).
+
+    Drops are stored as the iterations where they take effect, so the rate of an iteration is a function
+    of the iteration and the drops made before it, and a resumed run continues exactly (the drops, best
+    value and reference epoch are in :meth:`state_dict`). Warm-up applies on top, as for the others.
     """
 
     def __init__(self, cfg, max_iter):
@@ -22,15 +39,24 @@ class LRSchedule:
         self.base_lr = s.BASE_LR * s.BATCH_SIZE / s.REFERENCE_BATCH_SIZE
         self.max_iter = int(max_iter)
         epochs = float(s.EPOCHS)
-        self.milestones = [int(round(e / epochs * max_iter)) for e in s.STEPS]
         self.gamma = s.GAMMA
         self.final_factor = s.COSINE_FINAL_FACTOR
         self.warmup_iters = int(round(s.WARMUP_EPOCHS / epochs * max_iter))
         self.warmup_factor = s.WARMUP_FACTOR
         self.last_iter = -1
+        if self.name == "plateau":
+            self.milestones = []          # iterations from which each drop applies (grows with the drops)
+            self.patience = int(s.PLATEAU_PATIENCE)
+            self.max_drops = int(s.PLATEAU_DROPS)
+        else:
+            self.milestones = [int(round(e / epochs * max_iter)) for e in s.STEPS]
+        self.best = None                  # "plateau": best reported value, its epoch, the reference epoch
+        self.best_epoch = None
+        self.reference_epoch = None
+        self.drop_epochs = []
 
     def _main(self, it):
-        if self.name == "step":
+        if self.name in ("step", "plateau"):
             return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, it)
         span = max(1, self.max_iter - self.warmup_iters)
         progress = min(1.0, max(0.0, (it - self.warmup_iters) / span))
@@ -46,17 +72,48 @@ class LRSchedule:
             lr = self._main(self.warmup_iters) * (self.warmup_factor * (1 - alpha) + alpha)
         return lr
 
+    @property
+    def drops(self):
+        return len(self.drop_epochs) if self.name == "plateau" else 0
+
+    def report_metric(self, epoch, value, iteration=None):
+        """"plateau": the validation metric (kNN top-1, higher is better) after ``epoch`` epochs. A drop
+        decided here applies from ``iteration`` on (default: the iteration after the last one scheduled).
+        Returns True when this report dropped the rate. Other schedules ignore reports (False)."""
+        if self.name != "plateau" or value is None:
+            return False
+        epoch, value = int(epoch), float(value)
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch, self.reference_epoch = value, epoch, epoch
+            return False
+        if self.drops >= self.max_drops or epoch - self.reference_epoch < self.patience:
+            return False
+        at = int(iteration) if iteration is not None else self.last_iter + 1
+        self.milestones.append(max(at, self.milestones[-1] if self.milestones else 0))
+        self.drop_epochs.append(epoch)
+        self.reference_epoch = epoch
+        return True
+
     def state_dict(self):
         return {"name": self.name, "base_lr": self.base_lr, "max_iter": self.max_iter,
                 "milestones": list(self.milestones), "warmup_iters": self.warmup_iters,
-                "last_iter": self.last_iter}
+                "last_iter": self.last_iter, "best": self.best, "best_epoch": self.best_epoch,
+                "reference_epoch": self.reference_epoch, "drop_epochs": list(self.drop_epochs)}
 
     def load_state_dict(self, state):
-        """Restores the position; returns the differences from the saved schedule (empty if the same)."""
+        """Restores the position (and the drops and best value of "plateau"); returns the differences from
+        the saved schedule (empty if the same)."""
         self.last_iter = int(state.get("last_iter", -1))
+        compared = ("name", "base_lr", "max_iter", "milestones", "warmup_iters")
+        if self.name == "plateau" and state.get("name") == "plateau":
+            self.milestones = [int(m) for m in state.get("milestones", [])]
+            self.drop_epochs = [int(e) for e in state.get("drop_epochs", [])]
+            self.best = state.get("best")
+            self.best_epoch = state.get("best_epoch")
+            self.reference_epoch = state.get("reference_epoch")
+            compared = ("name", "base_lr", "max_iter", "warmup_iters")
         mine = self.state_dict()
-        return [f"{k}: {state[k]} -> {mine[k]}" for k in ("name", "base_lr", "max_iter", "milestones", "warmup_iters")
-                if k in state and state[k] != mine[k]]
+        return [f"{k}: {state[k]} -> {mine[k]}" for k in compared if k in state and state[k] != mine[k]]
 
 
 def build_optimizer(cfg, params):

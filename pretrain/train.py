@@ -66,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def argument_parser():
-    parser = _Parser(prog=f"python -m {PROG}", description="Contrastive pretraining (MoCo v1/v2, InfoMin).",
+    parser = _Parser(prog=f"python -m {PROG}", description="Contrastive pretraining (MoCo v1/v2, InfoMin, IR, BALL, ANN, LA, BALL+, ANN+, CMC).",
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="KEY VALUE pairs override config keys, e.g. DATA.ROOT /data/imagenet "
                             "MODEL.ARCH resnet18 INPUT.SIZE 64 SOLVER.MAX_ITER 50")
@@ -121,6 +121,24 @@ def _has_image(folder, limit=100000):
     return False
 
 
+def _check_plateau(cfg, train_dir):
+    """SOLVER.LR_SCHEDULER plateau drops the rate when the kNN top-1 on the labelled val folder stops
+    improving (Wu et al. 2020, B.3): it needs that accuracy after every epoch."""
+    s = cfg.SOLVER
+    if cfg.KNN.PERIOD != 1:
+        raise PretrainError(f"SOLVER.LR_SCHEDULER plateau needs the kNN accuracy after every epoch: set KNN.PERIOD 1 "
+                            f"(not {cfg.KNN.PERIOD})")
+    if s.PLATEAU_PATIENCE < 1 or s.PLATEAU_DROPS < 0 or not 0 < s.GAMMA < 1:
+        raise PretrainError(f"SOLVER.LR_SCHEDULER plateau: PLATEAU_PATIENCE {s.PLATEAU_PATIENCE} must be >= 1, "
+                            f"PLATEAU_DROPS {s.PLATEAU_DROPS} >= 0 and GAMMA {s.GAMMA} in (0, 1)")
+    val_dir = os.path.join(cfg.DATA.ROOT, cfg.DATA.VAL_DIR)
+    labelled = any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(train_dir))
+    if not (os.path.isdir(val_dir) and _has_image(val_dir)) or not labelled:
+        raise PretrainError(f"SOLVER.LR_SCHEDULER plateau needs the kNN accuracy on a labelled validation folder: "
+                            f"{val_dir} with class folders (and class folders in {train_dir}); use another "
+                            "SOLVER.LR_SCHEDULER without one")
+
+
 def check_config(cfg, world_size=1):
     """Validate ``cfg`` for a run of ``world_size`` processes; raises :class:`PretrainError` (one line)."""
     root = cfg.DATA.ROOT
@@ -149,8 +167,10 @@ def check_config(cfg, world_size=1):
         raise PretrainError(f"unknown DEVICE {cfg.DEVICE!r}; use auto, cpu or cuda")
     if cfg.DEVICE == "cuda" and not torch.cuda.is_available():
         raise PretrainError("DEVICE cuda: no CUDA device is available (use DEVICE auto or cpu)")
-    if cfg.SOLVER.LR_SCHEDULER not in ("cosine", "step"):
-        raise PretrainError(f"unknown SOLVER.LR_SCHEDULER {cfg.SOLVER.LR_SCHEDULER!r}; use cosine or step")
+    if cfg.SOLVER.LR_SCHEDULER not in ("cosine", "step", "plateau"):
+        raise PretrainError(f"unknown SOLVER.LR_SCHEDULER {cfg.SOLVER.LR_SCHEDULER!r}; use cosine, step or plateau")
+    if cfg.SOLVER.LR_SCHEDULER == "plateau":
+        _check_plateau(cfg, train_dir)
     if cfg.KNN.FEATURE not in ("embedding", "backbone"):
         raise PretrainError(f"unknown KNN.FEATURE {cfg.KNN.FEATURE!r}; use embedding or backbone")
     b = cfg.SOLVER.BATCH_SIZE
@@ -658,10 +678,16 @@ class Trainer:
                 window = {"iters": 0, "time": 0.0, "data": 0.0}
             epoch_end = it % ipe == 0
             period = cfg.SOLVER.CHECKPOINT_PERIOD
+            if epoch_end and cfg.KNN.PERIOD > 0 and (it // ipe) % cfg.KNN.PERIOD == 0 and it < max_iter:
+                # before the checkpoint: the plateau schedule's state includes this epoch's report
+                knn = self._knn(it)
+                top1 = du.broadcast_object(knn and knn["top1"])  # the same drops in every process
+                if self.schedule.report_metric(it // ipe, top1, iteration=it):
+                    logger.info(f"kNN top-1 has not improved on {self.schedule.best:.2f}% for "
+                                f"{cfg.SOLVER.PLATEAU_PATIENCE} epochs: learning rate x {cfg.SOLVER.GAMMA} "
+                                f"(drop {self.schedule.drops} of {cfg.SOLVER.PLATEAU_DROPS})")
             if (period > 0 and it % period == 0) or epoch_end or stopping:
                 self._checkpoint(LAST, it)
-            if epoch_end and cfg.KNN.PERIOD > 0 and (it // ipe) % cfg.KNN.PERIOD == 0 and it < max_iter:
-                self._knn(it)
             if stopping:
                 logger.info(f"stopping at iteration {it} (SOLVER.STOP_ITER); continue with --resume")
                 return {"iter": it, "stopped": True, "last": last_record}

@@ -25,6 +25,11 @@ Registered recipes (all crops use ``INPUT.CROP_SCALE``, default (0.2, 1); colour
   RandomResizedCrop, horizontal flip, ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, Gaussian blur with p 0.5,
   RandAugment (torchvision's, with timm's per-op magnitude noise: n 2, m 10 of 10, std 0.5, fill = the
   ImageNet mean), RandomGrayscale 0.2.
+- ``cmc``: CMC as Wu et al. (2020) Appendix B.3 train it (IR's augmentations, "we exclude grayscale
+  conversion ... since it does not make sense for CMC"): RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.4)
+  (InstDis / LA, whose practice B.3 follows), horizontal flip, **no** RandomGrayscale (a grey image has
+  a = b = 0: an empty ab view). One view is enough (``INPUT.NUM_VIEWS`` 1): the method splits that crop into
+  its L and ab channels on the device (:mod:`pretrain.lab`).
 - ``eval``: resize to 256/224 of ``INPUT.SIZE`` and centre crop (kNN monitor, feature extraction).
 
 Gaussian blur is PIL's (MoCo v2's ``GaussianBlur``) for every recipe; PyContrast's InfoMin blurs with a
@@ -256,6 +261,15 @@ def infomin_views(cfg):
         T.RandomApply([GaussianBlur(cfg.INPUT.BLUR_SIGMA)], p=0.5),
         RandAugmentMStd(ra.NUM_OPS, ra.MAGNITUDE, ra.MAGNITUDE_STD, fill=fill),
         T.RandomGrayscale(p=0.2),
+    ])
+
+
+@register_views("cmc")
+def cmc_views(cfg):
+    return _pipeline(cfg, "cmc", [
+        _crop(cfg),
+        _color_jitter((0.4, 0.4, 0.4, 0.4), cfg.INPUT.COLOR_JITTER_STRENGTH),
+        T.RandomHorizontalFlip(),
     ])
 
 

@@ -651,7 +651,8 @@ _LAYOUT_LIST = (
 )
 _LAYOUTS = {layout.name: layout for layout in _LAYOUT_LIST}
 LAYOUTS = {layout.name: layout.description for layout in _LAYOUT_LIST}
-_CMC_KEY = re.compile(r"(^|\.)(l_to_ab|ab_to_l)(\.|$)")
+# CMC's official layout (l_to_ab / ab_to_l) and pretrain.methods.cmc's (encoder_l / encoder_ab)
+_CMC_KEY = re.compile(r"(^|\.)(l_to_ab|ab_to_l|encoder_l|encoder_ab)(\.|$)")
 
 
 @dataclasses.dataclass
@@ -678,6 +679,8 @@ def _detect(ckpt, fmt, ema, source):
     paths = list(_tensor_paths(ckpt))
     flat = [p for p, _ in paths]
     cmc = [p for p in flat if _CMC_KEY.search(p)]
+    if not cmc and isinstance(ckpt, dict) and ckpt.get("method") == "cmc":
+        cmc = ["method: cmc"]
     if cmc:
         raise ConversionError(f"{source}: a CMC checkpoint (e.g. {cmc[0]}): two encoders on L and ab inputs "
                               "are not an RGB backbone, so it cannot be converted to Detectron2's ResNet")

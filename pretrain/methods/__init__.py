@@ -12,6 +12,13 @@ __all__ = ["METHODS", "Method", "build_method", "get_method_class", "mi_ceiling"
 
 METHODS = {
     "moco": "pretrain.methods.moco:MoCo",   # MoCo v1/v2; with JIGSAW.ENABLED and InfoMin views: InfoMin
+    "ir": "pretrain.methods.ir:IR",                 # instance discrimination (memory bank), InfoNCE or NCE form
+    "ball": "pretrain.methods.ball:Ball",           # IR with negatives from the background set B_i
+    "ball_plus": "pretrain.methods.ball:BallPlus",  # BALL with B_i annealed from the whole bank
+    "ann": "pretrain.methods.ann:Ann",              # BALL without the close-neighbour set C_i (k-means)
+    "ann_plus": "pretrain.methods.ann:AnnPlus",     # ANN with B_i and C_i annealed
+    "la": "pretrain.methods.la:LocalAggregation",   # Local Aggregation, after LA.IR_EPOCHS of IR
+    "cmc": "pretrain.methods.cmc:CMC",      # CMC on L and ab (Tian et al.); CMC-BALL/ANN(+) with CMC.NEGATIVES
 }
 
 

@@ -69,6 +69,8 @@ class Method(nn.Module):
 
     #: loss form for :func:`mi_ceiling`; None: the method logs no MI bound
     loss_form = None
+    #: the online encoder is one RGB ResNet that converts to Detectron2 weights (False: CMC's L/ab pair)
+    rgb_backbone = True
 
     def __init__(self, cfg):
         super().__init__()
