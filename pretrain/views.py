@@ -30,6 +30,20 @@ Registered recipes (all crops use ``INPUT.CROP_SCALE``, default (0.2, 1); colour
   (InstDis / LA, whose practice B.3 follows), horizontal flip, **no** RandomGrayscale (a grey image has
   a = b = 0: an empty ab view). One view is enough (``INPUT.NUM_VIEWS`` 1): the method splits that crop into
   its L and ab channels on the device (:mod:`pretrain.lab`).
+- ``color_jitter_only`` and ``crop_only``: one augmentation each, for the reverse-U study of InfoMin (Tian et
+  al. 2020, Fig. 5 and Appendix C.2, Figs. 13-14) as Lee et al. repeat it ("only color-jittering or only
+  random-resized-crop is used as the augmentation of contrastive learning", their Fig. 5):
+
+  - ``color_jitter_only``: resize the shorter side to ``INPUT.SIZE`` and centre crop (no random crop, no
+    flip), then ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with p 0.8, s = ``INPUT.COLOR_JITTER_STRENGTH``.
+    InfoMin only says "a parameter x is adopted to control the strengths" (swept 0.125 .. 2.5, sweet spot
+    1.0, "the same value as used in SimCLR") and Lee et al. give no parametrisation; we take SimCLR's
+    colour-jitter parametrisation, the one InfoMin's x = 1 refers to and the ``infomin`` recipe's jitter,
+    without SimCLR's RandomGrayscale (a second, unscaled colour op would blur "only colour jittering").
+    Hue is capped at 0.5 (torchvision's range), reached at s = 2.5. s = 0 gives identical views.
+  - ``crop_only``: RandomResizedCrop(``INPUT.SIZE``, scale = ``INPUT.CROP_SCALE`` = (c, 1)), nothing else (no
+    flip, no colour), InfoMin's "RandomResizedCrop(scale=(c, 1.0))" with c the low-area bound (swept down
+    from 1, sweet spot 0.2). c = 1 gives the whole image (aspect ratio clamped): identical views.
 - ``eval``: resize to 256/224 of ``INPUT.SIZE`` and centre crop (kNN monitor, feature extraction).
 
 Gaussian blur is PIL's (MoCo v2's ``GaussianBlur``) for every recipe; PyContrast's InfoMin blurs with a
@@ -217,9 +231,11 @@ def _jigsaw(cfg):
     return JigsawTiles(cfg.JIGSAW.GRID, image_size, tile_size, cfg.JIGSAW.SCALE)
 
 
-def _pipeline(cfg, name, ops):
+def _pipeline(cfg, name, ops, need=None):
+    """``need``: the shortest side the views need decoded (default: the smallest ``INPUT.CROP_SCALE`` crop)."""
     jigsaw = _jigsaw(cfg)
-    need = decode_size(cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+    if need is None:
+        need = decode_size(cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
     if jigsaw is not None:
         need = max(need, decode_size(jigsaw.image_size, cfg.JIGSAW.SCALE))
     return ViewPipeline(T.Compose(ops), cfg.INPUT.NUM_VIEWS, jigsaw, need, name)
@@ -271,6 +287,21 @@ def cmc_views(cfg):
         _color_jitter((0.4, 0.4, 0.4, 0.4), cfg.INPUT.COLOR_JITTER_STRENGTH),
         T.RandomHorizontalFlip(),
     ])
+
+
+@register_views("color_jitter_only")
+def color_jitter_only_views(cfg):
+    size = cfg.INPUT.SIZE
+    return _pipeline(cfg, "color_jitter_only", [
+        T.Resize(size, antialias=True),
+        T.CenterCrop(size),
+        T.RandomApply([_color_jitter((0.8, 0.8, 0.8, 0.2), cfg.INPUT.COLOR_JITTER_STRENGTH)], p=0.8),
+    ], need=size)
+
+
+@register_views("crop_only")
+def crop_only_views(cfg):
+    return _pipeline(cfg, "crop_only", [_crop(cfg)])
 
 
 @register_views("eval")
