@@ -1,18 +1,22 @@
 #!/usr/bin/env python
-"""Write real-format synthetic datasets (COCO, keypoints, VOC, LVIS, ImageNet folders) under a root.
+"""Write real-format synthetic datasets (COCO, keypoints, VOC, LVIS, ImageNet folders, CDP) under a root.
 
-    python tools/make_synthetic_data.py --root DIR [--kinds coco,keypoints,voc,lvis,imagenet]
+    python tools/make_synthetic_data.py --root DIR [--kinds coco,keypoints,voc,lvis,imagenet,cdp]
                                         [--num-images N] [--seed S] [--image-size PX]
+                                        [--cdp-image-size PX] [--cdp-background FOLDER] [--cdp-mix W]
 
 Then ``DETECTRON2_DATASETS=DIR`` makes Detectron2's builtin names (coco_2017_train, voc_2007_test,
-lvis_v1_val, ...) read them. See transfer/synthetic.py for what each kind writes.
+lvis_v1_val, ...) read them. The CDP data (colour x digit x position, for tools/estimate_mi.py) is
+written only when named: ``--kinds cdp`` gives DIR/cdp/{train,val}/ with a labels.csv each; same-class
+pairing needs a few images per combination, e.g. ``--kinds cdp --num-images 8000`` (val: 2000 images, about
+31 per colour x digit x position). See transfer/synthetic.py for what each kind writes.
 """
 import argparse
 import sys
 import time
 
-from transfer.synthetic import (DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES, KINDS, SyntheticDataError,
-                                write_synthetic)
+from transfer.synthetic import (CDP_DEFAULT_IMAGE_SIZE, CDP_DEFAULT_MIX, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES,
+                                KINDS, OPTIONAL_KINDS, SyntheticDataError, write_synthetic)
 
 
 def _rows(counts, prefix=""):
@@ -28,18 +32,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="output folder (use it as DETECTRON2_DATASETS)")
     parser.add_argument("--kinds", default=",".join(KINDS),
-                        help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
+                        help=f"comma-separated subset of {','.join(KINDS + OPTIONAL_KINDS)} "
+                             f"(default: {','.join(KINDS)})")
     parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES,
                         help="images per training split (ImageNet: per class); val/test get a quarter, "
                              f"at least 2 (default: {DEFAULT_NUM_IMAGES})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help=f"longest image side in pixels, at most (default: {DEFAULT_IMAGE_SIZE})")
+    cdp = parser.add_argument_group("CDP (--kinds cdp)")
+    cdp.add_argument("--cdp-image-size", type=int, default=None,
+                     help=f"side of the square CDP images in pixels (default: {CDP_DEFAULT_IMAGE_SIZE})")
+    cdp.add_argument("--cdp-background", metavar="FOLDER", default=None,
+                     help="images (any depth, e.g. an ImageNet train folder) whose random crops are mixed into "
+                          "the background (default: generated textures)")
+    cdp.add_argument("--cdp-mix", type=float, default=None,
+                     help=f"weight of the background in the linear mix, in [0, 1) (default: {CDP_DEFAULT_MIX})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         counts = write_synthetic(args.root, kinds=args.kinds, num_images=args.num_images, seed=args.seed,
-                                 image_size=args.image_size)
+                                 image_size=args.image_size, cdp_image_size=args.cdp_image_size,
+                                 cdp_background=args.cdp_background, cdp_mix=args.cdp_mix)
     except (SyntheticDataError, OSError) as e:
         print(f"make_synthetic_data: error: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ pretraining methods, linear evaluation, five frozen detection tasks)::
         imagenet: {config: configs/linear/imagenet.yaml, overrides: [DATA.ROOT, datasets/imagenet]}
       mi:                                       # tools/estimate_mi.py, one run (its own seeds)
         cdp_all: {data: datasets/cdp/val, pairing: "class:all", k_est: 256, iters: 2000, seeds: 3}
+        views: {data: datasets/cdp/val, pairing: simclr, views: pretrain}   # each backbone's own views
 
 Run ids and output folders under the sweep root:
 
@@ -23,7 +24,10 @@ Run ids and output folders under the sweep root:
   checkpoint is not one RGB ResNet (CMC: two encoders on L and ab) are not converted: their frozen
   evaluations read ``checkpoint_final.pth``, and the sweep leaves them out of the Detectron2 tasks (it
   says so when it is read).
-- ``linear_<name>/<backbone>/frozen/seed<k>/results.json`` and ``mi_<name>/<backbone>/mi.json``.
+- ``linear_<name>/<backbone>/frozen/seed<k>/results.json`` and ``mi_<name>/<backbone>/mi.json``. An MI
+  estimate with ``views: pretrain`` pairs two views made by each backbone's own pretraining augmentations
+  (its ``pretrain/<backbone>/config.yaml``; Lee et al. Fig. 5: "the same augmentation as in the training
+  was used for the post-training MI estimation"), so it covers the pretrained backbones only.
 - the Detectron2 runs as before, ``<task>/<backbone>/<mode>/seed<k>/``, with ``MODEL.WEIGHTS`` the
   backbone's ``weights.pkl``.
 
@@ -83,10 +87,14 @@ class MISpec:
     views: str = None
     extra_args: tuple = ()
 
-    def args(self):
+    def args(self, pretrain_dir=None):
+        """estimate_mi.py's arguments; ``pretrain_dir``: the backbone's pretraining folder (views: pretrain)."""
+        views = self.views
+        if views == "pretrain":
+            views = os.path.join(pretrain_dir, "config.yaml")
         out = ["--data", self.data, "--pairing", self.pairing]
         for flag, value in (("--k-est", self.k_est), ("--iters", self.iters), ("--seeds", self.seeds),
-                            ("--views", self.views)):
+                            ("--views", views)):
             if value is not None:
                 out += [flag, str(value)]
         return out + list(self.extra_args)

@@ -316,11 +316,12 @@ def expand(sweep, root):
     for spec in sweep.mi:
         task = f"mi_{spec.name}"
         for backbone, (weights, after) in backbones.items():
-            if not weights:
+            if not weights or (spec.views == "pretrain" and backbone not in sweep.pretrain):
                 continue
             rid = f"{task}/{backbone}"
             out = os.path.join(root, *rid.split("/"))
-            args = ("--weights", weights, *spec.args(), "--out", out, "--backbone-name", backbone)
+            args = ("--weights", weights, *spec.args(pretrain_output(root, backbone)), "--out", out,
+                    "--backbone-name", backbone)
             runs.append(Run(rid, task, backbone, weights, "frozen", 0, "", out, kind="mi", after=after, args=args,
                             done_file="mi.json"))
     return runs
