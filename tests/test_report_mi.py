@@ -89,3 +89,14 @@ def test_make_table_shows_mi_and_correlations(tmp_path, capsys):
     assert "MI views (bits)" in out and "Pearson" in out and "Kendall" in out
     html = report.read_text()
     assert "Kendall" in html and html.count("data:image/png;base64") >= 1
+
+
+def test_series_group_augmentation_families():
+    from transfer.report.mi import series
+
+    rows = [(name, 1.0, False, 50.0) for name in ("cj0.25", "cj1", "cj2.5", "crop0.08", "crop0.9", "supervised")]
+    groups = series(rows)
+    assert {k: [r[0] for r in v] for k, v in groups.items()} == {
+        "cj": ["cj0.25", "cj1", "cj2.5"], "crop": ["crop0.08", "crop0.9"], "supervised": ["supervised"]}
+    plain = [(name, 1.0, False, 50.0) for name in ("ir", "ball", "ann+")]
+    assert list(series(plain)) == [""]  # no family: one series

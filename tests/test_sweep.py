@@ -99,7 +99,9 @@ def test_shipped_sweeps(synthetic_root):
                 "infomin_voc_table3.yaml": (1, 5, ["finetune"], 5, "Table 3"),
                 "wu2020_frozen_r18.yaml": (5, 6, ["frozen"], 1, "Table 2"),
                 "demo.yaml": (2, 1, ["finetune", "frozen"], 2, "Table"),
-                "wu2020_table2.yaml": (5, 6, ["frozen"], 1, "Table 2")}
+                "wu2020_table2.yaml": (5, 6, ["frozen"], 1, "Table 2"),
+                "infomin_reverse_u.yaml": (0, 14, ["frozen"], 1, "Fig. 5"),
+                "infomin_reverse_u_tiny.yaml": (0, 6, ["frozen"], 1, "Fig. 5")}
     assert sorted(f for f in os.listdir(SWEEPS) if f.endswith(".yaml")) == sorted(expected)
     for name, (tasks, backbones, modes, seeds, table) in expected.items():
         with open(os.path.join(SWEEPS, name)) as f:
@@ -127,6 +129,13 @@ def test_shipped_sweeps(synthetic_root):
     refs = load_references()
     for task in table2.tasks:  # the backbone names are the references' (the tables put them side by side)
         assert set(table2.pretrain) == {r.backbone for r in find_references(refs, paper="Wu2020", task=task)}
+    # the reverse-U study: one augmentation per backbone at several strengths, MI with each one's own views
+    for name in ("infomin_reverse_u.yaml", "infomin_reverse_u_tiny.yaml"):
+        ru = load_sweep(os.path.join(SWEEPS, name), check_weights=False)
+        views = {b: dict(zip(s.overrides[::2], s.overrides[1::2]))["INPUT.VIEWS"] for b, s in ru.pretrain.items()}
+        assert set(views.values()) == {"color_jitter_only", "crop_only"}
+        assert all(v == ("color_jitter_only" if b.startswith("cj") else "crop_only") for b, v in views.items())
+        assert [m.views for m in ru.mi] == ["pretrain"] and {s.name for s in ru.linear} == {"color", "digit", "position"}
     # the demo is complete: configs build and the datasets it names are there
     from transfer.submit import Resources
     from transfer.sweep import check_runs

@@ -8,13 +8,16 @@ them to ``ROOT/mi_<name>/<backbone>/mi.json``) and relates them to the runs' ``r
 - :func:`ranking`: per downstream (task, mode, metric), the backbones' MI and mean value, and the Pearson
   and Kendall correlations between them across backbones (with p-values), as Lee et al. Table I;
 - :func:`plot_mi_vs_metric`: the downstream value against MI, one point per backbone, with a quadratic
-  fit (the reverse-U of InfoMin Fig. 5 / Lee et al. Fig. 5-6 shows as a concave curve).
+  fit (the reverse-U of InfoMin Fig. 5 / Lee et al. Fig. 5-6 shows as a concave curve). Backbones named
+  as a family plus a number (``cj0.5``, ``cj1``, ``crop0.08``: one augmentation at several strengths) form
+  one series each, with its own fit, as Lee et al. Fig. 5(a) and (b).
 
 An estimate within 5% of its ceiling (log K_Est) is marked: there the batch, not the encoder, limits it.
 """
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 
 __all__ = ["MI_NAME", "MIRecord", "collect_mi", "mi_columns", "ranking", "Ranking", "render_ranking",
@@ -199,6 +202,18 @@ def render_ranking(rankings, fmt="markdown"):
     return "\n".join(parts)
 
 
+def series(rows):
+    """``{family: rows}``: backbones named ``<family><number>`` grouped by family (in first-seen order);
+    one unnamed series when no family has two members."""
+    groups = {}
+    for row in rows:
+        m = re.fullmatch(r"(.*?[A-Za-z_+-])[\d.]+", row[0])
+        groups.setdefault(m.group(1).rstrip("_-") if m else row[0], []).append(row)
+    if all(len(v) < 2 for v in groups.values()):
+        return {"": list(rows)}
+    return groups
+
+
 def plot_mi_vs_metric(rankings, title_prefix="Downstream vs MI"):
     """``{key: PNG bytes}``: one scatter per ranking (value against MI, labelled points) with a quadratic
     least-squares fit when there are >= 3 distinct MI values (concave: a reverse-U)."""
@@ -212,18 +227,22 @@ def plot_mi_vs_metric(rankings, title_prefix="Downstream vs MI"):
 
     plots = {}
     for r in rankings:
-        x = np.array([row[1] for row in r.rows])
-        y = np.array([row[3] for row in r.rows])
         fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
-        ax.scatter(x, y, color="tab:blue", zorder=3)
-        for (b, _, _, _), xi, yi in zip(r.rows, x, y):
-            ax.annotate(b, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if len(set(x.tolist())) >= 3:
-            coef = np.polyfit(x, y, 2)
-            grid = np.linspace(x.min(), x.max(), 100)
-            ax.plot(grid, np.polyval(coef, grid), color="tab:orange", lw=1,
-                    label="quadratic fit" + (" (concave)" if coef[0] < 0 else ""))
-            ax.legend(fontsize=7, loc="lower center")
+        for i, (family, rows) in enumerate(series(r.rows).items()):
+            color = f"C{i}"
+            x = np.array([row[1] for row in rows])
+            y = np.array([row[3] for row in rows])
+            ax.scatter(x, y, color=color, zorder=3, label=family or None)
+            for (b, _, _, _), xi, yi in zip(rows, x, y):
+                ax.annotate(b, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if len(set(x.tolist())) >= 3:
+                coef = np.polyfit(x, y, 2)
+                grid = np.linspace(x.min(), x.max(), 100)
+                ax.plot(grid, np.polyval(coef, grid), color=color, lw=1, ls="--",
+                        label=f"{family + ': ' if family else ''}quadratic fit"
+                              + (" (concave)" if coef[0] < 0 else ""))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
         ax.set_xlabel(f"MI {r.estimate} (bits)")
         ax.set_ylabel(r.metric)
         ax.set_title(f"{title_prefix}: {r.task} ({r.mode})", fontsize=9)
