@@ -17,6 +17,9 @@ INFOMIN_TXT = os.path.join(PAPERS, "infomin_what_makes_good_views.txt")
 WU_TXT = os.path.join(PAPERS, "wu2020_mutual_information_contrastive.txt")
 TASKS = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(REPO, "configs", "transfer"))
          if n.endswith(".yaml") and not n.startswith("Base-")}
+# linear evaluation: task linear_<dataset>, one config per dataset in configs/linear/
+TASKS |= {"linear_" + os.path.splitext(n)[0] for n in os.listdir(os.path.join(REPO, "configs", "linear"))
+          if n.endswith(".yaml")}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,8 @@ def test_references_load_and_name_our_tasks(refs):
     for r in find_references(refs, paper="InfoMin"):
         assert r.mode == "finetune" and r.arch == arch_of_task(r.task), r
     for r in find_references(refs, paper="Wu2020"):
-        assert r.mode == "frozen" and r.arch == "R-18" and arch_of_task(r.task) == "R-50", r
+        assert r.mode == "frozen" and r.arch == "R-18", r
+        assert arch_of_task(r.task) == "R-50" or (r.task.startswith("linear_") and r.family == "linear"), r
 
 
 def test_known_cells(refs):
@@ -201,9 +205,35 @@ def test_wu_table2_matches_the_paper_text(refs):
                "f": ["bbox.AP", "bbox.AP50", "bbox.AP75", "segm.AP", "segm.AP50", "segm.AP75"],
                "g": ["keypoints.AP", "keypoints.AP50", "keypoints.AP75"],
                "h": ["bbox.AP", "bbox.AP50", "bbox.AP75"], "i": ["segm.AP", "segm.AP50", "segm.AP75"]}
-    wu = find_references(refs, paper="Wu2020")
+    wu = [r for r in find_references(refs, paper="Wu2020") if r.family != "linear"]
     assert len(wu) == sum(len(c) for c in columns.values()) * 6
     for r in wu:
         letter = re.match(r"Table 2\(([e-i])\)", r.table).group(1)
         expected = parsed[(letter, r.backbone)][columns[letter].index(f"{r.family}.{r.metric}")]
         assert r.value == expected, r
+
+
+def test_wu_table2_classification_matches_the_paper_text(refs):
+    """Table 2(a)-(d): four (model, Top1, Top5) groups per line, (a, b) CIFAR10, (c, d) ImageNet; the CMC
+    groups (b, d) have a row of dashes where the IR family has LA."""
+    text = _require(WU_TXT)
+    lines = text.splitlines()
+    header = [i for i, line in enumerate(lines) if line.split("\t")[:3] == ["Model", "Top1", "Top5"]]
+    assert len(header) == 1
+    parsed = {}
+    for line in lines[header[0] + 1: header[0] + 7]:  # the six rows under the header
+        fields = line.split("\t")
+        assert len(fields) == 12 and fields[0] in {"IR", "BALL", "ANN", "LA", "BALL+", "ANN+"}, line
+        for letter, k in zip("abcd", range(0, 12, 3)):
+            name, top1, top5 = fields[k:k + 3]
+            try:
+                parsed[(letter, name.lower())] = [float(top1), float(top5)]
+            except ValueError:  # the CMC groups' dash row
+                assert letter in "bd" and fields[0] == "LA", line
+    assert len(parsed) == 6 + 5 + 6 + 5
+    linear = find_references(refs, paper="Wu2020", family="linear")
+    assert len(linear) == len(parsed) * 2
+    for r in linear:
+        letter = re.match(r"Table 2\(([a-d])\)", r.table).group(1)
+        assert r.task == ("linear_cifar10" if letter in "ab" else "linear_imagenet"), r
+        assert r.value == parsed[(letter, r.backbone)][("top1", "top5").index(r.metric)], r

@@ -3,9 +3,10 @@
 The numbers live in ``configs/references/*.yaml``, one file per paper, one block per published
 (sub)table, transcribed in the paper's own row and column order (see the comment at the top of
 ``configs/references/infomin.yaml`` for the format). Each number becomes one :class:`Reference`,
-keyed like our results: task (config stem), mode (``finetune`` | ``frozen``), backbone (a short key
-such as ``infomin``; ``label`` is the paper's row name), metric family (``bbox`` | ``segm`` |
-``keypoints``) and metric (Detectron2's names: ``AP``, ``AP50``, ...), plus the paper, its table and
+keyed like our results: task (config stem, or ``linear_<dataset>`` for linear evaluation), mode
+(``finetune`` | ``frozen``), backbone (a short key such as ``infomin``; ``label`` is the paper's row
+name), metric family (``bbox`` | ``segm`` | ``keypoints`` | ``linear``) and metric (Detectron2's names:
+``AP``, ``AP50``, ...; ``top1``, ``top5`` for ``linear``), plus the paper, its table and
 the backbone's architecture (``R-18``, ``R-50``, ``X-101-32x8d``, ...). The architecture matters:
 Wu et al. ran frozen ResNet-18s through our ResNet-50 configs (the weights set the depth), so a table
 of R-50 runs must not show their numbers; :func:`select_references` filters on it.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import yaml
 
 REFERENCES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "references")
-FAMILIES = ("bbox", "segm", "keypoints")
+FAMILIES = ("bbox", "segm", "keypoints", "linear")  # linear: top1/top5 of linear evaluation (linear_<dataset>)
 MODES = ("finetune", "frozen")
 _BLOCK_KEYS = {"table", "also", "setting", "task", "similar_tasks", "mode", "arch", "baseline", "columns", "rows",
                "note"}

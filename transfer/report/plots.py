@@ -1,5 +1,6 @@
 """One PNG per task: each backbone's delta vs the baseline (its mean without a baseline), fine-tuned and
-frozen side by side, one bar per metric family (AP by default), error bars the sample std over seeds.
+frozen side by side, one bar per metric family (AP by default; a task without AP, such as
+linear_<dataset>, its first metric), error bars the sample std over seeds.
 
 Drawn with matplotlib's object API on the Agg canvas: no display, no pyplot global state.
 """
@@ -88,6 +89,8 @@ def plot_tables(tables, metric="AP"):
     out = {}
     for task, ts in by_task.items():
         png = plot_task(ts, metric=metric)
+        if png is None and not any(metric in t.metrics for t in ts):  # e.g. linear_<dataset>: top1, not AP
+            png = plot_task(ts, metric=ts[0].metrics[0])
         if png is not None:
             out[task] = png
     return out

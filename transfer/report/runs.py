@@ -1,7 +1,8 @@
 """Collect the ``results.json`` of finished runs (DESIGN.md artifact 3) under a root, at any depth.
 
 A run directory may also hold the ``config.yaml`` Detectron2 dumps next to the results; a few of its
-keys (schedule, batch, learning rate, weights, depth) become the run's configuration summary. A
+keys (schedule, batch, learning rate, weights, depth) become the run's configuration summary; without
+a depth there, an ``arch`` string in the record (``R-18``: linear evaluation writes one) is the run's. A
 ``results.json`` that cannot be read or does not follow the schema is skipped with a reason, never
 fatal; so is a second record of the same (task, backbone, mode, seed).
 """
@@ -175,5 +176,7 @@ def collect_runs(root):
                 config, arch = read_config_summary(cfg_path)
             except ValueError as e:
                 warnings.append((path, str(e)))
+        if arch is None and isinstance(record.get("arch"), str):  # e.g. linear evaluation records their backbone's
+            arch = record["arch"]
         runs.append(Run(path=path, config=config, arch=arch, **fields))
     return Collection(root=root, runs=runs, skipped=skipped, warnings=warnings)

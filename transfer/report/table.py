@@ -17,10 +17,14 @@ from transfer.references import arch_of_task, select_references
 
 MODES = ("finetune", "frozen")
 MODE_LABELS = {"finetune": "fine-tuned", "frozen": "frozen"}
-FAMILY_ORDER = ("bbox", "segm", "keypoints")
-FAMILY_LABELS = {"bbox": "boxes (bbox)", "segm": "masks (segm)", "keypoints": "keypoints"}
-METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+FAMILY_ORDER = ("bbox", "segm", "keypoints", "linear")
+FAMILY_LABELS = {"bbox": "boxes (bbox)", "segm": "masks (segm)", "keypoints": "keypoints",
+                 "linear": "linear classification (top-1/top-5 %)"}
+METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "top1", "top5")
 DEFAULT_METRICS = ("AP", "AP50", "AP75")
+# families whose numbers are not APs (linear evaluation, task linear_<dataset>: pretrain/linear_eval.py)
+# show these when the metrics asked for are the default ones
+FAMILY_DEFAULT_METRICS = {"linear": ("top1", "top5")}
 HIGHLIGHT = 0.5  # the papers' green: a gap of at least +0.5 point
 
 
@@ -262,7 +266,8 @@ def build_tables(collection, baseline=None, metrics=DEFAULT_METRICS, tasks=None,
             if metrics == "all":
                 names = _ordered(present, METRIC_ORDER)
             else:
-                names = [m for m in metrics if m in present]
+                wanted = FAMILY_DEFAULT_METRICS.get(family, metrics) if tuple(metrics) == DEFAULT_METRICS else metrics
+                names = [m for m in wanted if m in present]
             if not names:
                 continue
             # a family no run of the task reports (only published numbers have it): published rows only
