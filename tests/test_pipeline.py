@@ -134,3 +134,45 @@ def test_tiny_pipeline_on_the_debug_cluster(tmp_path, synthetic_root):
     # a second submission has nothing to do
     again = run_sweep(path, str(out), out=lambda *a, **k: None)
     assert all(r["attempts"] == 1 for r in again.runs)
+
+
+BANK_TINY = ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "SOLVER.BATCH_SIZE", "8", "MODEL.DIM", "16",
+             "SOLVER.MAX_ITER", "4", "DATA.NUM_WORKERS", "0", "MODEL.PRECISION", "fp32", "TENSORBOARD", "False",
+             "BANK.NUM_NEGATIVES", "16", "BALL.NEIGHBOURS", "8", "CLUSTER.K", "3", "CLUSTER.RUNS", "2",
+             "LA.IR_EPOCHS", "0", "BALL.ANNEAL_EPOCHS", "(0.0, 1.0)", "SOLVER.EPOCHS", "2"]
+
+
+def test_every_method_pretrains_converts_and_feeds_frozen_runs(tmp_path, synthetic_root):
+    """Wu et al.'s methods and CMC through the whole pipeline, tiny: pretraining, conversion (CMC: none, its
+    checkpoint is read directly), ImageNet-folder linear evaluation, a frozen Detectron2 run."""
+    root, _ = synthetic_root
+    imagenet = str(root / "imagenet")
+    methods = ["ir", "ball", "ann", "la", "ball_plus", "ann_plus", "cmc"]
+    data = {"name": "methods",
+            "pretrain": {"overrides": ["DATA.ROOT", imagenet, *BANK_TINY],
+                         "backbones": {m: os.path.join(PRETRAIN, f"{m}_R_18_cifar.yaml") for m in methods}},
+            "evaluations": {"linear": {"tiny": {"config": os.path.join(REPO, "configs", "linear", "cdp.yaml"),
+                                                "overrides": ["DATA.ROOT", imagenet, "DATA.ATTRIBUTE", "",
+                                                              "INPUT.SIZE", "32", "SOLVER.EPOCHS", "2",
+                                                              "DATA.NUM_WORKERS", "0"]}}},
+            "tasks": ["voc_faster_rcnn_R_50_C4_24k"], "modes": ["frozen"], "seeds": [0],
+            "overrides": TINY_TRANSFER, "resources": {"cluster": "debug", "gpus_per_node": 0}}
+    sweep = load_sweep(write(tmp_path / "m.yaml", data))
+    assert not sweep.pretrain["cmc"].rgb_backbone and all(sweep.pretrain[m].rgb_backbone for m in methods[:-1])
+    lines = []
+    ledger = run_sweep(str(tmp_path / "m.yaml"), str(tmp_path / "out"),
+                       out=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any("cmc is left out of the Detectron2 tasks" in line for line in lines)
+    states = {r["id"]: (r["state"], r["error"]) for r in ledger.runs}
+    assert all(state == "done" for state, _ in states.values()), states
+    assert {i for i in states if i.startswith("voc_")} == {f"voc_faster_rcnn_R_50_C4_24k/{m}/frozen/seed0"
+                                                           for m in methods[:-1]}
+    assert {i for i in states if i.startswith("linear_")} == {f"linear_tiny/{m}/frozen/seed0" for m in methods}
+    out = tmp_path / "out"
+    for m in methods[:-1]:
+        assert (out / "pretrain" / m / "weights.pkl").is_file()
+    assert not (out / "pretrain" / "cmc" / "weights.pkl").exists()
+    with open(out / "linear_tiny" / "cmc" / "frozen" / "seed0" / "results.json") as f:
+        cmc = json.load(f)
+    assert cmc["task"] == "linear_tiny" and cmc["weights"].endswith("checkpoint_final.pth")
+    assert set(cmc["metrics"]["linear"]) >= {"top1", "top5"}
