@@ -42,9 +42,11 @@ warning, so that a run on a few dozen images works.
 
 Multi-process: every process holds the same bank (:class:`~pretrain.memory_bank.MemoryBank` gathers its
 updates). k-means runs on rank 0 only and the assignments are broadcast, so that all processes see the
-same clusters whatever FAISS's threading does. Random draws use torch's default generator of the bank's
-device (seeded per process and checkpointed by the train loop), so a resumed run draws what an
-uninterrupted one would.
+same clusters whatever FAISS's threading does. The mean number of valid negatives of a step (what
+:meth:`~NegativeSampler.num_negatives` returns for the MI ceiling) is averaged over all processes' rows, as
+the logged ``num_negatives`` is, so every process reports the same ceiling. Random draws use torch's
+default generator of the bank's device (seeded per process and checkpointed by the train loop), so a
+resumed run draws what an uninterrupted one would.
 
 Nearest neighbours and k-means come from :mod:`pretrain.neighbours` with ``BANK.BACKEND``. With
 ``"auto"``, the per-step search runs in torch when the bank is on a GPU (an exact ``matmul + topk`` there,
@@ -59,7 +61,8 @@ from pretrain import distributed as du
 from pretrain.neighbours import kmeans, resolve_backend, search
 
 __all__ = ["NegativeSampler", "BallSampler", "AnnSampler", "ClusterSets", "build_negative_sampler",
-           "clamp_with_warning", "close_neighbour_mask", "anneal_weight", "annealed_size", "KINDS", "SCHEDULES"]
+           "clamp_with_warning", "close_neighbour_mask", "mean_valid", "anneal_weight", "annealed_size", "KINDS",
+           "SCHEDULES"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,18 @@ def annealed_size(start, end, progress, schedule):
         size = start + (end - start) * w
     lo, hi = min(start, end), max(start, end)
     return int(min(hi, max(lo, round(size))))
+
+
+@torch.no_grad()
+def mean_valid(valid):
+    """Mean number of valid negatives per row of ``valid`` (B x S), over the rows of every process: the step's
+    logged ``num_negatives`` is averaged over processes, and the MI ceiling ``log(K + 1)`` must use the same
+    K in every process. With several processes every one of them must call (the train loop's forward does)."""
+    stats = torch.stack([valid.sum(dtype=torch.float64),
+                         torch.full((), float(valid.shape[0]), dtype=torch.float64, device=valid.device)])
+    du.all_reduce_sum(stats)
+    rows = float(stats[1])
+    return float(stats[0]) / rows if rows > 0 else 0.0
 
 
 def close_neighbour_mask(assignments, indices, candidates):
@@ -331,7 +346,7 @@ class BallSampler(NegativeSampler):
             close = self._close(indices, neg, iteration)
             if close is not None:
                 valid &= ~close
-        self._last_valid = float(valid.sum(dim=1).float().mean()) if valid.numel() else 0.0
+        self._last_valid = mean_valid(valid)
         return neg, valid
 
     def num_negatives(self):

@@ -503,7 +503,18 @@ class Trainer:
                     self.tb.add_scalar(key if "/" in key else f"pretrain/{key}", value, record["iter"])
 
     # ------------------------------------------------------------------ checkpoints
+    def _sync_norm_buffers(self):
+        """BatchNorm running statistics of rank 0 on every process. DDP does not broadcast buffers (shuffle
+        BN keeps batch statistics per process), so they drift apart; the checkpoint stores rank 0's, and the
+        kNN monitor and a resumed run must see the same ones, so both call this first."""
+        if self.world <= 1:
+            return
+        buffers = [b for m in self.method.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                   for b in m.buffers()]
+        du.broadcast_tensors(buffers)
+
     def _checkpoint(self, name, it):
+        self._sync_norm_buffers()
         rngs = du.all_gather_object(capture_rng())
         bad_paths = du.all_gather_object(sorted(self.bad_paths))
         if self.rank != 0:
@@ -537,6 +548,7 @@ class Trainer:
             return None
         from pretrain.knn import knn_monitor
 
+        self._sync_norm_buffers()
         if self._val_set is None:
             try:
                 self._val_set = ImageFolder(val_dir, build_views(cfg, "eval"), seed=cfg.SEED,

@@ -475,6 +475,38 @@ def test_two_processes_share_one_bank_and_one_clustering(tmp_path):
     assert torch.equal(r[0]["bank"][untouched], r[0]["start"][untouched])
 
 
+def _ceiling_worker(rank, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    du.init_process_group(du.DistInfo(rank, WORLD, rank, WORLD, "127.0.0.1", port), backend="gloo")
+    try:
+        # B_i = the whole bank (19 <= K), C_i from one run: 0-9 / 10-14 / 15-16 / 17-19
+        cfg, model = build("ann", "BALL.NEIGHBOURS", "19", "BANK.NUM_NEGATIVES", "19", "CLUSTER.RUNS", "1")
+        ids = [0] * 10 + [1] * 5 + [2] * 2 + [3] * 3
+        model.sampler.load_extra_state({"clusters": {"assignments": torch.tensor([ids]), "epoch": 0}})
+        model.on_epoch_start(0)
+        # rank 0's images have 9 close neighbours (10 valid negatives), rank 1's one (18 valid)
+        batch = {"view1": images(2, seed=30 + rank), "index": torch.tensor([[0, 1], [15, 16]][rank])}
+        out = model(batch)
+        torch.save({"num_negatives": float(out["num_negatives"]), "k": model.num_negatives,
+                    "ceiling": model.mi_ceiling()}, os.path.join(out_dir, f"ceiling{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_report_one_mi_ceiling(tmp_path):
+    """The MI ceiling log(K + 1) of a variable-size negative set uses the mean K over every process's rows
+    (what the logged num_negatives averages to), not each process's own: the loop logs rank 0's ceiling."""
+    mp.start_processes(_ceiling_worker, args=(du.free_port(), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    r = [torch.load(tmp_path / f"ceiling{k}.pt") for k in range(WORLD)]
+    assert [x["num_negatives"] for x in r] == [10.0, 18.0]  # this process's rows (averaged by the loop)
+    assert [x["k"] for x in r] == [14, 14]
+    assert [x["ceiling"] for x in r] == [pytest.approx(math.log(15))] * 2
+
+
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):

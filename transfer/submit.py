@@ -412,7 +412,7 @@ def prepare_pretrain(argv, res):
     """Check a pretraining run in this process and return its :class:`PretrainJob`."""
     from pretrain import train
 
-    args = train.argument_parser().parse_args(argv)
+    args = train.parse_args(argv)  # also takes --resume written after the KEY VALUE pairs
     cfg = train.setup(args, world_size=res.world_size)
     if not os.path.isabs(cfg.OUTPUT_DIR):
         cfg.defrost()
