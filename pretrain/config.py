@@ -241,10 +241,11 @@ def _short(exc):
     return text if len(text) < 200 else text[:197] + "..."
 
 
-def load_config(config_file=None, opts=()):
+def load_config(config_file=None, opts=(), defaults=None):
     """Defaults + ``config_file`` (with its ``_BASE_`` chain) + ``KEY VALUE`` pairs; returns a mutable
-    :class:`CfgNode`. Raises :class:`ConfigError`."""
-    cfg = get_cfg()
+    :class:`CfgNode`. Raises :class:`ConfigError`. ``defaults``: another tree of defaults to merge into
+    (e.g. linear evaluation's), instead of the pretraining one."""
+    cfg = get_cfg() if defaults is None else defaults
     if config_file:
         _merge(cfg, _read_yaml(config_file, frozenset()), config_file)
     opts = list(opts or ())

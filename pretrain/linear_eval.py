@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from transfer.version import code_version
 from transfer.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = ["LinearEvalError", "get_cfg", "load_config", "topk_accuracy", "extract_features", "PlateauSchedule",
@@ -135,23 +136,13 @@ def get_cfg():
 def load_config(config_file=None, opts=()):
     """Defaults + ``config_file`` (``_BASE_`` allowed) + ``KEY VALUE`` pairs; raises :class:`LinearEvalError`."""
     # the merge rules (unknown keys, types, _BASE_) are pretraining's: one config idiom everywhere
-    from pretrain.config import ConfigError, _merge, _read_yaml
+    from pretrain.config import ConfigError
+    from pretrain.config import load_config as load_tree
 
-    cfg = get_cfg()
     try:
-        if config_file:
-            _merge(cfg, _read_yaml(config_file, frozenset()), config_file)
-        opts = list(opts or ())
-        if len(opts) % 2:
-            raise ConfigError(f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
-        for key, value in zip(opts[0::2], opts[1::2]):
-            nested = CN._decode_cfg_value(value) if isinstance(value, str) else value
-            for part in reversed(key.split(".")):
-                nested = {part: nested}
-            _merge(cfg, nested, "command line")
+        return load_tree(config_file, opts, defaults=get_cfg())
     except ConfigError as e:
         raise LinearEvalError(str(e)) from None
-    return cfg
 
 
 def backbone_label(cfg):
@@ -585,7 +576,7 @@ class LinearEval:
         record = {"backbone": backbone_label(cfg), "task": task_name(cfg), "mode": "frozen", "seed": int(cfg.SEED),
                   "weights": cfg.WEIGHTS, "iterations": int(iterations),
                   "metrics": {"linear": {"top1": _finite(final["val_top1"]), "top5": _finite(final["val_top5"])}},
-                  "commit": _code_version()}
+                  "commit": code_version()}
         arch = getattr(enc, "arch", None)
         if arch:
             record["arch"] = arch
@@ -620,23 +611,6 @@ def _resume_key(cfg):
 def _finite(value):
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _code_version():
-    """The project's git commit (as transfer.engine records it), without importing Detectron2."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run(cfg, out_dir=None, force=False, fmt=None, trust_pickle=False):

@@ -24,6 +24,7 @@ from fvcore.nn.precise_bn import get_bn_modules
 from transfer.coco_eval import has_faster_coco_eval
 from transfer.data import build_resumable_train_loader
 from transfer.fileio import write_json_atomic
+from transfer.version import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -194,23 +195,6 @@ def backbone_label(cfg):
 def _finite_or_none(value):
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def code_version():
-    """The project's git commit (short hash, "+dirty" with local changes), or None outside a checkout."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def results_record(cfg, task, metrics):

@@ -119,7 +119,7 @@ def _overrides(value, where):
     return tuple(_override_text(v) for v in value)
 
 
-def _path(value, base, where):
+def _path(value, where):
     """An absolute path: relative paths are taken from the working directory, or else (configs shipped
     with the project, e.g. configs/pretrain/ir_R_18.yaml) from the project's root."""
     if not isinstance(value, str) or not value:
@@ -142,6 +142,17 @@ def _mapping(value, where, keys):
     return value
 
 
+def _config_entry(value, where, what):
+    """``(config path, overrides)`` of a ``name: FILE`` or ``name: {config: FILE, overrides: [...]}`` entry."""
+    if isinstance(value, str):
+        value = {"config": value}
+    value = _mapping(value, where, ("config", "overrides"))
+    config = _path(value.get("config"), f"{where}: config")
+    if not os.path.isfile(config):
+        raise _error(f"{where}: {what} config not found: {value.get('config')}")
+    return config, _overrides(value.get("overrides"), where)
+
+
 def parse_pretrain(data, path, name_ok):
     """``(specs {name: PretrainSpec}, resources dict)`` of a sweep file's ``pretrain`` section."""
     section = _mapping(data, f"{path}: pretrain", _PRETRAIN_KEYS)
@@ -160,13 +171,8 @@ def parse_pretrain(data, path, name_ok):
         where = f"{path}: pretrain: {bname}"
         if not name_ok(bname):
             raise _error(f"{where}: a backbone name must be letters, digits and _.+- (it names a folder)")
-        if isinstance(value, str):
-            value = {"config": value}
-        value = _mapping(value, where, ("config", "overrides"))
-        config = _path(value.get("config"), os.path.dirname(path), f"{where}: config")
-        if not os.path.isfile(config):
-            raise _error(f"{where}: pretraining config not found: {value.get('config')}")
-        overrides = common + _overrides(value.get("overrides"), where)
+        config, own = _config_entry(value, where, "pretraining")
+        overrides = common + own
         for key in overrides[::2]:
             if key == "OUTPUT_DIR":
                 raise _error(f"{where}: overrides may not set OUTPUT_DIR: the sweep puts each run in its folder")
@@ -196,26 +202,22 @@ def parse_evaluations(data, path):
     from transfer.sweep import _NAME
 
     linear, mi = [], []
-    for name, value in (_mapping(section.get("linear"), f"{path}: evaluations: linear",
-                                 section.get("linear") or {}) or {}).items():
-        where = f"{path}: evaluations: linear: {name}"
-        if not _NAME.match(str(name)):
-            raise _error(f"{where}: a name must be letters, digits and _.+- (it names a folder)")
-        if isinstance(value, str):
-            value = {"config": value}
-        value = _mapping(value, where, ("config", "overrides"))
-        config = _path(value.get("config"), os.path.dirname(path), f"{where}: config")
-        if not os.path.isfile(config):
-            raise _error(f"{where}: linear-evaluation config not found: {value.get('config')}")
-        linear.append(LinearSpec(str(name), config, _overrides(value.get("overrides"), where)))
+    for kind in ("linear", "mi"):
+        if not isinstance(section.get(kind) or {}, dict):
+            raise _error(f"{path}: evaluations: {kind}: expected a mapping of names to evaluations")
+        for name in section.get(kind) or {}:
+            if not _NAME.match(str(name)):
+                raise _error(f"{path}: evaluations: {kind}: {name}: a name must be letters, digits and _.+- "
+                             "(it names a folder)")
+    for name, value in (section.get("linear") or {}).items():
+        config, overrides = _config_entry(value, f"{path}: evaluations: linear: {name}", "linear-evaluation")
+        linear.append(LinearSpec(str(name), config, overrides))
     for name, value in (section.get("mi") or {}).items():
         where = f"{path}: evaluations: mi: {name}"
-        if not _NAME.match(str(name)):
-            raise _error(f"{where}: a name must be letters, digits and _.+- (it names a folder)")
         value = _mapping(value, where, _MI_KEYS)
         if "data" not in value or "pairing" not in value:
             raise _error(f"{where}: needs 'data' (a folder) and 'pairing' (simclr or class:<attrs>)")
-        data_dir = _path(value["data"], os.path.dirname(path), f"{where}: data")
+        data_dir = _path(value["data"], f"{where}: data")
         ints = {}
         for key in ("k_est", "iters", "seeds"):
             if value.get(key) is not None:

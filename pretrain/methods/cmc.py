@@ -47,7 +47,6 @@ from pretrain.memory_bank import MemoryBank
 from pretrain.methods.base import Method
 from pretrain.methods.ir import BankMethod, bank_infonce, masked_logits
 from pretrain.negatives import build_negative_sampler
-from pretrain.neighbours import BACKENDS, resolve_backend
 
 __all__ = ["CMC", "build_view_encoder", "NEGATIVES"]
 
@@ -140,18 +139,7 @@ class CMC(Method):
         if b.LOSS != "infonce":
             raise ValueError(f"BANK.LOSS {b.LOSS!r}: CMC here uses the InfoNCE form only (Wu et al. Sec. 4); "
                              "set BANK.LOSS infonce")
-        if b.T <= 0:
-            raise ValueError(f"BANK.T {b.T} must be positive")
-        if not 0.0 <= b.MOMENTUM < 1.0:
-            raise ValueError(f"BANK.MOMENTUM {b.MOMENTUM} must be in [0, 1)")
-        if b.NUM_NEGATIVES < 1:
-            raise ValueError(f"BANK.NUM_NEGATIVES {b.NUM_NEGATIVES} must be >= 1")
-        if b.BACKEND not in BACKENDS:
-            raise ValueError(f"unknown BANK.BACKEND {b.BACKEND!r}; use {', '.join(BACKENDS)}")
-        try:
-            resolve_backend(b.BACKEND)
-        except ValueError as e:
-            raise ValueError(f"BANK.BACKEND {b.BACKEND}: {e}") from None
+        BankMethod._check_bank(cfg)
         if cfg.CMC.NEGATIVES in ("ball", "ann"):
             BankMethod._check_ball(cfg)
         if cfg.CMC.NEGATIVES == "ann":

@@ -97,18 +97,24 @@ class BankMethod(Method):
             raise ValueError(f"INPUT.NUM_VIEWS {cfg.INPUT.NUM_VIEWS}: {cfg.MODEL.METHOD} needs 1 view")
         if cfg.JIGSAW.ENABLED:
             raise ValueError(f"JIGSAW.ENABLED: {cfg.MODEL.METHOD} has no JigSaw branch; set it False")
-        if not 0.0 <= b.MOMENTUM < 1.0:
-            raise ValueError(f"BANK.MOMENTUM {b.MOMENTUM} must be in [0, 1)")
-        if b.T <= 0:
-            raise ValueError(f"BANK.T {b.T} must be positive")
-        if b.NUM_NEGATIVES < 1:
-            raise ValueError(f"BANK.NUM_NEGATIVES {b.NUM_NEGATIVES} must be at least 1")
         if b.LOSS not in BANK_LOSSES:
             raise ValueError(f"unknown BANK.LOSS {b.LOSS!r}; use {' or '.join(BANK_LOSSES)}")
         if b.LOSS == "nce" and not cls.supports_nce:
             raise ValueError(f"BANK.LOSS nce: only IR has InstDis's NCE form; use infonce for {cfg.MODEL.METHOD}")
         if b.NCE_Z < 0:
             raise ValueError(f"BANK.NCE_Z {b.NCE_Z} must be >= 0 (0: estimated on the first batch)")
+        cls._check_bank(cfg)
+
+    @staticmethod
+    def _check_bank(cfg):
+        """The BANK keys every memory-bank method reads (CMC too)."""
+        b = cfg.BANK
+        if not 0.0 <= b.MOMENTUM < 1.0:
+            raise ValueError(f"BANK.MOMENTUM {b.MOMENTUM} must be in [0, 1)")
+        if b.T <= 0:
+            raise ValueError(f"BANK.T {b.T} must be positive")
+        if b.NUM_NEGATIVES < 1:
+            raise ValueError(f"BANK.NUM_NEGATIVES {b.NUM_NEGATIVES} must be at least 1")
         if b.BACKEND not in BACKENDS:
             raise ValueError(f"unknown BANK.BACKEND {b.BACKEND!r}; use {', '.join(BACKENDS)}")
         try:
