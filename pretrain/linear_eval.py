@@ -44,7 +44,7 @@ after every epoch); ``linear_final.pth`` (the trained layer with the standardisa
 the detection tasks::
 
     {"backbone": ..., "task": "linear_<DATA.NAME>", "mode": "frozen", "seed": SEED, "weights": W,
-     "iterations": <optimizer steps>, "metrics": {"linear": {"top1": .., "top5": ..}}, "commit": ..,
+     "iterations": <optimizer steps>, "metrics": {"linear": {"top1": .., "top5": ..}}, "commit": ..,  # top5: > 5 classes
      "arch": "R-18", "details": {...}}
 
 Resume: a run whose ``results.json`` exists is not repeated (exit 0; ``--force`` runs it again from scratch).
@@ -575,8 +575,9 @@ class LinearEval:
         best = max(history, key=lambda r: r["val_top1"])
         record = {"backbone": backbone_label(cfg), "task": task_name(cfg), "mode": "frozen", "seed": int(cfg.SEED),
                   "weights": cfg.WEIGHTS, "iterations": int(iterations),
-                  "metrics": {"linear": {"top1": _finite(final["val_top1"]), "top5": _finite(final["val_top5"])}},
-                  "commit": code_version()}
+                  "metrics": {"linear": {"top1": _finite(final["val_top1"])}}, "commit": code_version()}
+        if len(self.classes) > 5:  # with 5 classes or fewer top-5 is 100% by construction: not a number to report
+            record["metrics"]["linear"]["top5"] = _finite(final["val_top5"])
         arch = getattr(enc, "arch", None)
         if arch:
             record["arch"] = arch

@@ -461,7 +461,7 @@ def estimate_mi(source, features_b=None, *, k_est=256, iters=1000, seeds=(0,), f
     ``train_items``, ``val_items``, ``test_items``),
     ``iters``, ``eval_batches``, ``holdout``, ``checks``, ``critic`` (its settings), ``warnings`` (sentences:
     near the ceiling, critic still improving, fewer test items than K_Est, critic fitting its training pairs
-    much better than held-out ones).
+    much better than held-out ones, a negative estimate).
     """
     if isinstance(source, torch.Tensor):
         if features_b is None:
@@ -509,6 +509,11 @@ def estimate_mi(source, features_b=None, *, k_est=256, iters=1000, seeds=(0,), f
         warnings.append(f"the critic scores its training pairs well above held-out ones ({train_mean:.3f} vs "
                         f"{mean:.3f} nats): it memorises its few training images, so the held-out estimate is a "
                         "loose lower bound; more images would tighten it")
+    if mean < 0:
+        warnings.append(f"the estimate is negative ({mean / NATS_PER_BIT:.3f} bits): the critic found no dependence "
+                        "that holds on held-out items, and a negative InfoNCE bound says only MI >= 0 (read it as "
+                        "0, not as an ordering); give the critic more training pairs (more images, or more views "
+                        "per image for augmentation pairing)")
     return {"mi_nats": mean, "mi_bits": mean / NATS_PER_BIT, "mi_nats_std": std, "mi_bits_std": std / NATS_PER_BIT,
             "ceiling_nats": ceiling, "ceiling_bits": ceiling / NATS_PER_BIT, "k_est": k_est, "form": form,
             "near_ceiling": bool(mean >= NEAR_CEILING * ceiling), "seeds": seeds, "per_seed": per_seed,

@@ -88,7 +88,8 @@ def report_html(collection, tables, plots, baseline=None, references=False, titl
     for task in tasks:
         body.append(f'<h2 id="task-{_esc(task)}">{_esc(task)}</h2>')
         if task in plots:
-            what = f"AP delta vs {baseline}" if baseline else "AP"
+            metric = next((t.metrics[0] for t in tables if t.task == task and t.metrics), "AP")
+            what = f"{metric} delta vs {baseline}" if baseline else metric
             body.append(f'<img class="plot" alt="{_esc(what)} per backbone, {_esc(task)}" '
                         f'src="{data_uri(plots[task])}">')
         body.extend(render_html_table(t) for t in tables if t.task == task)

@@ -8,7 +8,8 @@ them to ``ROOT/mi_<name>/<backbone>/mi.json``) and relates them to the runs' ``r
 - :func:`ranking`: per downstream (task, mode, metric), the backbones' MI and mean value, and the Pearson
   and Kendall correlations between them across backbones (with p-values), as Lee et al. Table I;
 - :func:`plot_mi_vs_metric`: the downstream value against MI, one point per backbone, with a quadratic
-  fit (the reverse-U of InfoMin Fig. 5 / Lee et al. Fig. 5-6 shows as a concave curve). Backbones named
+  fit from 4 distinct MI values on (the reverse-U of InfoMin Fig. 5 / Lee et al. Fig. 5-6 shows as a
+  concave curve; 3 points are only joined, since a parabola would pass through them whatever they are). Backbones named
   as a family plus a number (``cj0.5``, ``cj1``, ``crop0.08``: one augmentation at several strengths) form
   one series each, with its own fit, as Lee et al. Fig. 5(a) and (b).
 
@@ -235,7 +236,10 @@ def plot_mi_vs_metric(rankings, title_prefix="Downstream vs MI"):
             ax.scatter(x, y, color=color, zorder=3, label=family or None)
             for (b, _, _, _), xi, yi in zip(rows, x, y):
                 ax.annotate(b, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            if len(set(x.tolist())) >= 3:
+            order = np.argsort(x)
+            if len(set(x.tolist())) == 3:  # a parabola through 3 points fits exactly: join them instead
+                ax.plot(x[order], y[order], color=color, lw=1, ls=":")
+            elif len(set(x.tolist())) >= 4:
                 coef = np.polyfit(x, y, 2)
                 grid = np.linspace(x.min(), x.max(), 100)
                 ax.plot(grid, np.polyval(coef, grid), color=color, lw=1, ls="--",
