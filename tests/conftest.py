@@ -19,3 +19,15 @@ def synthetic_root(tmp_path_factory):
     counts = write_synthetic(root, num_images=24, seed=0)
     set_datasets_root(root)
     return root, counts
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models and tensors: one intra-op thread is as fast as two, and steady on a busy machine.
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

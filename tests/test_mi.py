@@ -26,13 +26,7 @@ LOG2 = NATS_PER_BIT
 SMALL_CRITIC = dict(hidden_dim=64, out_dim=64, lr=3e-3)  # converges in ~100 steps on these features
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _gaussian(n, d, rho, seed):

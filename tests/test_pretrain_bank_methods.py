@@ -25,13 +25,7 @@ BANK_METHODS = ("ir", "ball", "ann", "la", "ball_plus", "ann_plus")
 N = 20  # bank entries of the unit tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: one thread is as fast as two and does not fight other processes for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_cfg(method, *opts):
