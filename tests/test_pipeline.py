@@ -176,3 +176,14 @@ def test_every_method_pretrains_converts_and_feeds_frozen_runs(tmp_path, synthet
         cmc = json.load(f)
     assert cmc["task"] == "linear_tiny" and cmc["weights"].endswith("checkpoint_final.pth")
     assert set(cmc["metrics"]["linear"]) >= {"top1", "top5"}
+
+
+def test_linear_evaluation_checked_before_submitting(tmp_path, synthetic_root):
+    root, _ = synthetic_root
+    linear = {"bad": {"config": os.path.join(REPO, "configs", "linear", "cdp.yaml"),
+                      "overrides": ["DATA.ROOT", str(tmp_path / "nowhere")]}}
+    path = pipeline_sweep(tmp_path, str(root / "imagenet"), tasks=[], evaluations={"linear": linear})
+    with pytest.raises(SweepError) as e:
+        run_sweep(path, str(tmp_path / "out"), out=lambda *a, **k: None)
+    assert str(e.value).startswith("linear_bad/moco/frozen/seed0: DATA.ROOT") and "no such folder" in str(e.value)
+    assert not (tmp_path / "out" / "sweep.json").exists()

@@ -376,12 +376,17 @@ def _check_pretrain(run, res):
 
 
 def _check_linear(run):
-    """The linear-evaluation config and overrides parse (the data is checked when the run starts)."""
+    """The linear-evaluation config, its overrides and data folders (pretrain.linear_eval's own checks);
+    weights that a pretraining run will write are not there yet, so only they are taken on trust."""
     from pretrain import linear_eval
 
-    check = getattr(linear_eval, "check_args", None)
-    if check is not None:
-        check(list(run.args))
+    args = linear_eval.parse_args(list(run.args))
+    try:
+        cfg = linear_eval.load_config(args.config_file, list(args.opts) + [
+            "WEIGHTS", args.weights if os.path.exists(args.weights) or not run.after else os.devnull])
+        linear_eval.check_config(cfg)
+    except linear_eval.LinearEvalError as e:
+        raise SweepError(f"{run.id}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------- the ledger
