@@ -17,10 +17,9 @@ Scale conventions
 """
 import os
 
-import yaml
 from yacs.config import CfgNode as CN
 
-from transfer.yamlio import DuplicateKeyError, load_yaml
+from transfer.yamlio import read_yaml
 
 __all__ = ["ConfigError", "get_cfg", "load_config", "BASE_KEY"]
 
@@ -179,14 +178,7 @@ def _read_yaml(path, seen):
         raise ConfigError(f"{path}: {BASE_KEY} chain loops back to this file")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file")
-    try:
-        data = load_yaml(path)
-    except DuplicateKeyError as e:
-        raise ConfigError(str(e)) from None
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    data = read_yaml(path, ConfigError)
     if data is None:
         data = {}
     if not isinstance(data, dict):

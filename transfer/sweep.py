@@ -37,10 +37,9 @@ import os
 import re
 import time
 
-import yaml
 
 from transfer.fileio import write_json_atomic
-from transfer.yamlio import DuplicateKeyError, load_yaml
+from transfer.yamlio import read_yaml
 from transfer.submit import (Resources, SubmitError, TransferJob, check_cluster, job_error, job_paths,
                              job_states, make_executor, plan_text, resolve_resources)
 
@@ -120,13 +119,7 @@ def load_sweep(path, configs_dir=None, check_weights=True):
     configs_dir = configs_dir or CONFIGS_DIR
     if not os.path.isfile(path):
         raise SweepError(f"sweep file not found: {path}")
-    try:
-        data = load_yaml(path)
-    except DuplicateKeyError as e:
-        raise SweepError(str(e)) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SweepError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    data = read_yaml(path, SweepError)
     if not isinstance(data, dict):
         raise SweepError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_KEYS))

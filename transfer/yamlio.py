@@ -32,3 +32,15 @@ def load_yaml(path):
             return loader.get_single_data()
         finally:
             loader.dispose()
+
+
+def read_yaml(path, error=ValueError):
+    """:func:`load_yaml`, with a duplicate key or invalid YAML raised as ``error`` (one line naming the
+    file, and the line where YAML can tell)."""
+    try:
+        return load_yaml(path)
+    except DuplicateKeyError as e:
+        raise error(str(e)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise error(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
