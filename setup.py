@@ -31,7 +31,7 @@ setup(
         "safetensors",
     ],
     extras_require={
-        # FAISS for the memory-bank methods' neighbour search and k-means (pretrain/neighbours.py falls back
+        # FAISS for the memory-bank methods' neighbour search and k-means (pretrain/methods/neighbours.py falls back
         # to torch without it); on GPU machines install faiss-gpu instead
         "faiss": ["faiss-cpu"],
         "test": ["pytest", "timm", "faiss-cpu"],

@@ -1,33 +1,23 @@
 """Contrastive pretraining of ResNets (MoCo v1/v2, InfoMin; IR, BALL, ANN, LA, BALL+, ANN+ and CMC of
 Wu et al.) and its analysis tools (linear evaluation, mutual-information estimation).
 
-Entry point: ``python -m pretrain.train --config-file configs/pretrain/<name>.yaml [--num-gpus N] [--resume]
-KEY VALUE ...`` (:mod:`pretrain.train`; launchers call :func:`pretrain.train.run`).
+The ground floor of the project: it imports neither ``transfer`` nor ``detectron2``, and importing it
+patches nothing. Command: ``tools/pretrain_backbone.py`` (library entry :func:`pretrain.training.train.main`).
 
-Modules, one concept each:
+- ``common/``: pieces both halves use: atomic writes, strict YAML, the code version, safe checkpoint
+  loading, process launch and collectives, run artifacts (file names, run folders, ``results.json``),
+  command-line conventions, the repository's paths.
+- ``config.py``: every pretraining key and default in one yacs tree. ``backbones.py``: torchvision ResNets
+  with the projection head in ``fc``.
+- ``data/``: image folders that skip unreadable files, resumable sampler and loaders, view pipelines,
+  sRGB <-> Lab for CMC, labelled image sets.
+- ``methods/``: the method registry (one file per method) and the memory bank, negative sets,
+  neighbour search and k-means they share.
+- ``training/``: the train loop, pre-run checks, optimiser and LR schedules, checkpoints, logs, kNN monitor.
+- ``checkpoints/``: reading any SSL ResNet checkpoint (MoCo, InfoMin, solo-learn, VISSL, ...) into a
+  torchvision state dict: layouts, key names, architecture from shapes.
+- ``evaluation/``: frozen encoders and features, linear evaluation, MI estimation, the VINCE toy.
+- ``bench.py``: throughput of the training step and the data pipeline (``tools/bench_pretrain.py``).
 
-- :mod:`pretrain.config`: every key and default in one yacs tree; ``_BASE_``; ``KEY VALUE`` overrides.
-- :mod:`pretrain.data`: ImageFolder that skips unreadable images, resumable distributed sampler, loaders.
-- :mod:`pretrain.views`: view pipelines by name (``moco_v1``, ``moco_v2``, ``infomin``, ``cmc``,
-  ``color_jitter_only``, ``crop_only``, ``eval``) and the PIRL-style JigSaw branch.
-- :mod:`pretrain.backbones`: torchvision ResNets with the projection head in ``fc``.
-- :mod:`pretrain.methods`: the method registry and the :class:`~pretrain.methods.base.Method` interface;
-  ``moco.py`` (MoCo v1/v2, InfoMin's JigSaw branch), ``ir.py``, ``ball.py``, ``ann.py``, ``la.py``
-  (memory-bank methods), ``cmc.py`` (CMC and its BALL/ANN variants).
-- :mod:`pretrain.memory_bank`, :mod:`pretrain.negatives`, :mod:`pretrain.neighbours`: the memory bank,
-  negative sets (uniform, background ball, annulus, annealed), nearest neighbours and k-means (FAISS or
-  torch).
-- :mod:`pretrain.lab`: sRGB <-> CIE Lab for CMC.
-- :mod:`pretrain.solver`: SGD, learning-rate schedules (cosine, step, kNN plateau), numerics (precision).
-- :mod:`pretrain.distributed`: process launch (local spawn, torchrun, SLURM/submitit), collectives,
-  shuffle BN.
-- :mod:`pretrain.checkpoint`: atomic, ``weights_only`` checkpoints (DESIGN.md artifact 1), RNG states.
-- :mod:`pretrain.knn`: weighted kNN monitor (InstDis).
-- :mod:`pretrain.frozen`, :mod:`pretrain.labeled`: a frozen encoder from any checkpoint the project reads;
-  labelled image folders (ImageFolder or ``labels.csv``).
-- :mod:`pretrain.linear_eval`: linear evaluation (``python -m pretrain.linear_eval``), results in the
-  transfer schema.
-- :mod:`pretrain.mi`: post-training MI estimation (Lee et al.; ``tools/estimate_mi.py``).
-- :mod:`pretrain.vince_toy`: the VINCE toy of Wu et al. Table 1 (``tools/vince_toy.py``).
-- :mod:`pretrain.bench`: throughput of the training step and the data pipeline (``tools/bench_pretrain.py``).
+File formats: docs/artifacts.md.
 """

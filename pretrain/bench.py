@@ -1,7 +1,7 @@
 """Throughput of pretraining: the full MoCo training step and the data pipeline, ours and lightly's.
 
 - :func:`bench_step`: images/s of one training step exactly as the train loop runs it
-  (:func:`pretrain.train.train_step`: uint8 -> normalised input, query forward and backward, key
+  (:func:`pretrain.training.trainer.train_step`: uint8 -> normalised input, query forward and backward, key
   forward, optimizer step, fused momentum update, enqueue) for MoCo v2 (MLP head, t 0.2) at a given
   arch / input size / batch / queue length, in fp32 NCHW, fp32 channels_last and our default numerics
   (``MODEL.PRECISION auto`` + channels_last); and, when the ``lightly`` package is installed, the same step
@@ -20,6 +20,8 @@ import time
 import torch
 from torch import nn
 
+from pretrain.common.paths import CONFIGS_DIR
+
 __all__ = ["lightly_available", "bench_step", "bench_data", "format_table"]
 
 
@@ -36,7 +38,7 @@ def _moco_cfg(arch, size, batch, queue, precision, channels_last, views="moco_v2
     from pretrain.config import load_config
 
     name = "infomin_R_50" if views == "infomin" else "moco_v2_R_50"
-    return load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    return load_config(os.path.join(CONFIGS_DIR,
                                     "pretrain", f"{name}.yaml"),
                        ["MODEL.ARCH", arch, "INPUT.SIZE", size, "SOLVER.BATCH_SIZE", batch, "MOCO.K", queue,
                         "MODEL.PRECISION", precision, "MODEL.CHANNELS_LAST", channels_last])
@@ -45,8 +47,8 @@ def _moco_cfg(arch, size, batch, queue, precision, channels_last, views="moco_v2
 class _OursStep:
     def __init__(self, arch, size, batch, queue, precision, channels_last, device):
         from pretrain.methods import build_method
-        from pretrain.solver import autocast_dtype, build_optimizer, resolve_precision
-        from pretrain.train import train_step
+        from pretrain.training.solver import autocast_dtype, build_optimizer, resolve_precision
+        from pretrain.training.trainer import train_step
 
         cfg = _moco_cfg(arch, size, batch, queue, precision, channels_last)
         torch.manual_seed(0)
@@ -171,8 +173,8 @@ def bench_step(arch="resnet18", size=64, batch=32, queue=4096, device="cpu", ite
 def bench_data(root, size=224, num_images=64, rounds=2, lightly=True, draft=True):
     """Rows ``(pipeline, output, images/s per worker)``: one process decoding and augmenting samples of the
     ImageFolder ``root`` (a ``train``-style folder of class folders)."""
-    from pretrain.data import ImageFolder, load_image, scan_folder
-    from pretrain.views import build_views
+    from pretrain.data.images import ImageFolder, load_image, scan_folder
+    from pretrain.data.views import build_views
 
     _, samples = scan_folder(root)
     n = min(num_images, len(samples))

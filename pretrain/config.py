@@ -13,13 +13,14 @@ Scale conventions
 - The run lasts ``SOLVER.EPOCHS`` epochs unless ``SOLVER.MAX_ITER`` > 0, which then sets the number of
   iterations; schedule points given in epochs (``SOLVER.STEPS``, ``SOLVER.WARMUP_EPOCHS``) keep their
   fraction of the run (steps at 120 and 160 of 200 epochs become 60% and 80% of ``MAX_ITER``).
-- Periods: ``SOLVER.CHECKPOINT_PERIOD`` and ``LOG_PERIOD`` in iterations, ``KNN.PERIOD`` in epochs.
+- Periods: ``SOLVER.CHECKPOINT_PERIOD`` and ``LOG_PERIOD`` in iterations, ``KNN.PERIOD`` and
+  ``SOLVER.SNAPSHOT_EPOCHS`` in epochs.
 """
 import os
 
 from yacs.config import CfgNode as CN
 
-from transfer.yamlio import read_yaml
+from pretrain.common.yamlio import read_yaml
 
 __all__ = ["ConfigError", "get_cfg", "load_config", "BASE_KEY"]
 
@@ -53,7 +54,7 @@ _C.MOCO.SHUFFLE_BN = True         # shuffle the key batch across processes (no e
 
 # ----------------------------------------------------------------------------- memory-bank methods
 # IR / BALL / ANN / LA / BALL+ / ANN+ (Wu et al. 2020) and CMC: one L2-normalised entry per training image,
-# m_i <- normalize(t m_i + (1 - t) f_i) (pretrain/memory_bank.py)
+# m_i <- normalize(t m_i + (1 - t) f_i) (pretrain/methods/memory_bank.py)
 _C.BANK = CN()
 _C.BANK.MOMENTUM = 0.5            # t, the update rate of Wu et al. B.3
 _C.BANK.NUM_NEGATIVES = 4096      # K negatives per sample (IR: uniform from the bank)
@@ -102,7 +103,7 @@ _C.JIGSAW.WEIGHT = 0.5            # PyContrast's beta
 
 # ----------------------------------------------------------------------------- views
 _C.INPUT = CN()
-_C.INPUT.VIEWS = "moco_v2"        # a name in pretrain.views.VIEWS
+_C.INPUT.VIEWS = "moco_v2"        # a name in pretrain.data.views.VIEWS
 _C.INPUT.NUM_VIEWS = 2
 _C.INPUT.SIZE = 224
 _C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop scale (InfoMin Appendix C.2: 0.2 is the sweet spot)
@@ -144,6 +145,7 @@ _C.SOLVER.WARMUP_EPOCHS = 0.0     # linear warm-up from WARMUP_FACTOR x lr
 _C.SOLVER.WARMUP_FACTOR = 0.01
 _C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations; checkpoint_last.pth is also written at every epoch end
 _C.SOLVER.STOP_ITER = 0           # > 0: stop after this iteration as if preempted (resume with --resume)
+_C.SOLVER.SNAPSHOT_EPOCHS = 0     # > 0: keep checkpoint_epochXXXX.pth after every this many epochs (never rewritten)
 
 # ----------------------------------------------------------------------------- kNN monitor (InstDis)
 _C.KNN = CN()

@@ -12,8 +12,8 @@ import transfer  # noqa: E402,F401  (runtime fixes before anything imports Detec
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """COCO, keypoints, VOC, LVIS and ImageNet-style data, written once, as $DETECTRON2_DATASETS."""
-    from transfer.datasets import set_datasets_root
-    from transfer.synthetic import write_synthetic
+    from transfer.data.datasets import set_datasets_root
+    from transfer.data.synthetic import write_synthetic
 
     root = tmp_path_factory.mktemp("datasets")
     counts = write_synthetic(root, num_images=24, seed=0)
@@ -31,3 +31,4 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seconds per call of pretrain.neighbours' search and k-means, FAISS vs torch, and how well the two agree.
+"""Seconds per call of pretrain.methods.neighbours' search and k-means, FAISS vs torch, and how well the two agree.
 
     python tools/bench_neighbours.py [--sizes 10000 100000 1280000] [--device cpu|cuda] [--repeats 3] [--quick]
                                      [--queries 256] [--dim 128] [--k 4096] [--clusters 300 3000] [--iters 20]
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pretrain import neighbours  # noqa: E402
+from pretrain.methods import neighbours  # noqa: E402
 from pretrain.bench import format_table  # noqa: E402
 
 DEFAULT_SIZES = (10_000, 100_000, 1_280_000)

@@ -5,7 +5,7 @@
                                    [--data ROOT/train] [--data-size 224] [--images 64] [--rounds 3]
                                    [--no-lightly] [--skip-step] [--skip-data]
 
-Without ``--data``, a synthetic ImageNet-style folder (transfer.synthetic, ImageNet-sized JPEGs) is
+Without ``--data``, a synthetic ImageNet-style folder (transfer.data.synthetic, ImageNet-sized JPEGs) is
 written to a temporary directory for the data-pipeline table. See pretrain/bench.py for what is timed.
 """
 import argparse
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pretrain.bench import bench_data, bench_step, format_table, lightly_available  # noqa: E402
-from pretrain.solver import cpu_has_native_bf16  # noqa: E402
+from pretrain.training.solver import cpu_has_native_bf16  # noqa: E402
 
 
 def main(argv=None):
@@ -63,7 +63,7 @@ def main(argv=None):
         root = args.data
         tmp = None
         if not root:
-            from transfer.synthetic import write_synthetic
+            from transfer.data.synthetic import write_synthetic
 
             tmp = tempfile.TemporaryDirectory(prefix="bench_pretrain_")
             write_synthetic(tmp.name, kinds=("imagenet",), num_images=max(2, args.images // 10 + 1), seed=0,

@@ -9,14 +9,17 @@ Then ``DETECTRON2_DATASETS=DIR`` makes Detectron2's builtin names (coco_2017_tra
 lvis_v1_val, ...) read them. The CDP data (colour x digit x position, for tools/estimate_mi.py) is
 written only when named: ``--kinds cdp`` gives DIR/cdp/{train,val}/ with a labels.csv each; same-class
 pairing needs a few images per combination, e.g. ``--kinds cdp --num-images 8000`` (val: 2000 images, about
-31 per colour x digit x position). See transfer/synthetic.py for what each kind writes.
+31 per colour x digit x position). See the package transfer/data/synthetic/ for what each kind writes.
 """
-import argparse
 import sys
 import time
 
-from transfer.synthetic import (CDP_DEFAULT_IMAGE_SIZE, CDP_DEFAULT_MIX, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES,
-                                KINDS, OPTIONAL_KINDS, SyntheticDataError, write_synthetic)
+from pretrain.common.cli import ArgumentParser, one_line_errors
+from transfer.data.synthetic import (CDP_DEFAULT_IMAGE_SIZE, CDP_DEFAULT_MIX, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES,
+                                     KINDS, OPTIONAL_KINDS, SyntheticDataError, write_synthetic)
+
+PROG = "make_synthetic_data"
+ERROR_STATUS = 1  # bad values or an output folder holding real data (usage errors exit with 2)
 
 
 def _rows(counts, prefix=""):
@@ -29,7 +32,7 @@ def _rows(counts, prefix=""):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="output folder (use it as DETECTRON2_DATASETS)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"comma-separated subset of {','.join(KINDS + OPTIONAL_KINDS)} "
@@ -50,13 +53,10 @@ def main(argv=None):
                      help=f"weight of the background in the linear mix, in [0, 1) (default: {CDP_DEFAULT_MIX})")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
+    with one_line_errors(PROG, SyntheticDataError, OSError, status=ERROR_STATUS):
         counts = write_synthetic(args.root, kinds=args.kinds, num_images=args.num_images, seed=args.seed,
                                  image_size=args.image_size, cdp_image_size=args.cdp_image_size,
                                  cdp_background=args.cdp_background, cdp_mix=args.cdp_mix)
-    except (SyntheticDataError, OSError) as e:
-        print(f"make_synthetic_data: error: {e}", file=sys.stderr)
-        return 1
     rows = list(_rows(counts))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -3,26 +3,25 @@
 
     python tools/submit.py transfer [RESOURCES] --config-file configs/transfer/X.yaml [--resume] KEY VALUE ...
     python tools/submit.py pretrain [RESOURCES] --config-file configs/pretrain/X.yaml [--resume] KEY VALUE ...
-    python tools/submit.py sweep SWEEP.yaml [--output-root DIR] [--wait] [RESOURCES]
+    python tools/submit.py sweep SWEEP.yaml [--output-root DIR] [--wait] [--rebuild-ledger] [RESOURCES]
     python tools/submit.py status DIR
 
 RESOURCES: --cluster slurm|local|debug, --nodes, --gpus-per-node, --tasks-per-node, --cpus-per-task,
 --mem, --partition, --account, --qos, --constraint, --timeout-min, --job-dir, --job-name,
 --array-parallelism, and --dry-run (print the sbatch script and the command; submit nothing).
-`transfer` and `pretrain` take the arguments of `python -m transfer.train_net` / `python -m pretrain.train`.
-A sweep's ledger is DIR/sweep.json; see transfer/sweep.py for the sweep file and transfer/submit.py
-for how jobs run and requeue.
+`transfer` and `pretrain` take the arguments of a transfer run / a pretraining run.
+A sweep's ledger is DIR/sweep.json; runs it does not know are adopted from their folders (results.json
+there: done, never run again). --rebuild-ledger sets an unreadable sweep.json aside (sweep.json.broken-TIME)
+and builds a new one that way. See transfer/launch/sweep_file.py for the sweep file and
+transfer/launch/jobs.py for how jobs run and requeue.
 """
-import argparse
 import sys
 
+from pretrain.common.cli import ArgumentParser, one_line_errors
+
 PROG = "submit"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+RESOURCE_KEYS = ("cluster", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem", "partition",
+                 "account", "qos", "constraint", "timeout_min", "job_dir", "job_name", "array_parallelism")
 
 
 def _resource_flags(parser, sweep=False):
@@ -47,18 +46,14 @@ def _resource_flags(parser, sweep=False):
                         help="print the sbatch script and the commands; submit nothing")
 
 
-RESOURCE_KEYS = ("cluster", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem", "partition",
-                 "account", "qos", "constraint", "timeout_min", "job_dir", "job_name", "array_parallelism")
-
-
 def build_parser():
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, module in (("transfer", "transfer.train_net"), ("pretrain", "pretrain.train")):
-        p = sub.add_parser(name, allow_abbrev=False, help=f"one run of python -m {module}",
-                           description=f"Submit one run of python -m {module}; every argument that is not a "
-                                       f"resource flag goes to it unchanged.")
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                            epilog="\n".join(__doc__.splitlines()[2:]))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for name, what in (("transfer", "a Detectron2 transfer run"), ("pretrain", "a pretraining run")):
+        p = sub.add_parser(name, allow_abbrev=False, help=f"one run: {what}",
+                           description=f"Submit {what}; every argument that is not a resource flag goes to it "
+                                       f"unchanged.")
         _resource_flags(p)
         p.add_argument("--wait", action="store_true", help="wait for the job to end")
     p = sub.add_parser("sweep", allow_abbrev=False, help="submit a sweep (a grid of transfer runs)")
@@ -66,10 +61,27 @@ def build_parser():
     p.add_argument("--output-root", metavar="DIR", help="default: ./output/sweeps/<name>")
     p.add_argument("--wait", action="store_true", help="wait until every run is done or failed, then print the table")
     p.add_argument("--poll-seconds", type=float, default=30.0, help="how often --wait asks the scheduler")
+    p.add_argument("--rebuild-ledger", action="store_true",
+                   help="set an unreadable DIR/sweep.json aside and build a new ledger from the run folders "
+                        "(finished runs are adopted as done)")
     _resource_flags(p, sweep=True)
     p = sub.add_parser("status", help="the table of a sweep's ledger")
     p.add_argument("root", metavar="DIR", help="the sweep's output root (with sweep.json)")
     return parser
+
+
+def _user_errors():
+    """What a user can fix (config, datasets, weights, resources, sweep file): one line, exit status 2."""
+    from pretrain.config import ConfigError as PretrainConfigError
+    from pretrain.data.images import DataError
+    from pretrain.training.checks import PretrainError
+    from transfer.data.datasets import DatasetError
+    from transfer.launch.resources import SubmitError
+    from transfer.launch.sweep_fields import SweepError
+    from transfer.training.config import ConfigError
+
+    return (SubmitError, SweepError, ConfigError, DatasetError, PretrainError, PretrainConfigError, DataError,
+            TimeoutError, OSError)
 
 
 def main(argv=None):
@@ -77,39 +89,24 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("transfer", "pretrain"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-
-    from transfer.submit import SubmitError, submit_pretrain, submit_transfer
-    from transfer.sweep import SweepError, format_status, run_sweep, sweep_status
-
-    from transfer.config import ConfigError
-    from transfer.datasets import DatasetError
-
-    errors = [SubmitError, SweepError, ConfigError, DatasetError, TimeoutError, OSError]
-    if args.command == "pretrain":
-        from pretrain.config import ConfigError as PretrainConfigError
-        from pretrain.data import DataError
-        from pretrain.train import PretrainError
-
-        errors += [PretrainError, PretrainConfigError, DataError]
     resources = {k: getattr(args, k, None) for k in RESOURCE_KEYS}
-    prog = f"{PROG} {args.command}"
-    try:
-        if args.command in ("transfer", "pretrain"):
-            submit = submit_transfer if args.command == "transfer" else submit_pretrain
-            submit(rest, resources, dry_run=args.dry_run, wait=args.wait)
-            return 0
-        if args.command == "sweep":
+    with one_line_errors(f"{PROG} {args.command}", *_user_errors()):
+        if args.command == "transfer":
+            from transfer.launch.submit import submit_transfer
+            submit_transfer(rest, resources, dry_run=args.dry_run, wait=args.wait)
+        elif args.command == "pretrain":
+            from transfer.launch.submit import submit_pretrain
+            submit_pretrain(rest, resources, dry_run=args.dry_run, wait=args.wait)
+        elif args.command == "sweep":
+            from transfer.launch.sweep import run_sweep
             ledger = run_sweep(args.sweep_file, args.output_root, resources, dry_run=args.dry_run,
-                               wait=args.wait, poll_s=args.poll_seconds)
+                               wait=args.wait, poll_s=args.poll_seconds, rebuild_ledger=args.rebuild_ledger)
             if ledger is not None and args.wait and ledger.counts()["failed"]:
                 return 1
-            return 0
-        print(format_status(sweep_status(args.root)))
-        return 0
-    except tuple(errors) as e:  # user errors: config, datasets, weights, resources, sweep file (one line)
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        else:
+            from transfer.launch.ledger import format_status, sweep_status
+            print(format_status(sweep_status(args.root)))
+    return 0
 
 
 if __name__ == "__main__":

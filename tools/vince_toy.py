@@ -4,7 +4,7 @@
     python tools/vince_toy.py [--seeds 5] [--epochs 100] [--points 2000] [--percents 90,75,50,25,10,5]
         [--evaluate-on heldout|train] [--eval-draws 10] [--threads N] [--out FILE.md]
 
-Prints Table 1 as markdown, ours (mean +- std over seeds) beside the paper's; see pretrain/vince_toy.py for
+Prints Table 1 as markdown, ours (mean +- std over seeds) beside the paper's; see pretrain/evaluation/vince_toy.py for
 the data, the critic and the protocol. The defaults are the paper's size (2000 points, 100 epochs, 5 seeds,
 seven settings: 35 fits). Measured on 2 CPU cores shared with other jobs (one torch thread): 647 s for the
 whole table (about 7 s per InfoNCE fit, 10-30 s per VINCE fit: the top-p neighbour search of every step);
@@ -16,16 +16,11 @@ import time
 
 import torch
 
-from pretrain.vince_toy import PERCENTS, analytic_mi, format_table, run_table
-from transfer.fileio import write_text_atomic
+from pretrain.common.cli import ArgumentParser
+from pretrain.common.fileio import write_text_atomic
+from pretrain.evaluation.vince_toy import PERCENTS, analytic_mi, format_table, run_table
 
 PROG = "vince_toy"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def _percents(text):
@@ -49,9 +44,8 @@ def _positive(text):
 
 
 def main(argv=None):
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="\n".join(__doc__.strip().splitlines()[4:]))
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                            epilog="\n".join(__doc__.strip().splitlines()[4:]))
     parser.add_argument("--seeds", type=_positive, default=5, help="seeds per setting (default 5, as the paper)")
     parser.add_argument("--epochs", type=_positive, default=100, help="training epochs per fit (default 100)")
     parser.add_argument("--points", type=_positive, default=2000, help="sample size (default 2000)")
@@ -64,7 +58,7 @@ def main(argv=None):
     parser.add_argument("--out", metavar="FILE", help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.points < 200:
-        parser.error("--points must be at least 200 (100 negatives from the nearest 5%%)")
+        parser.error("--points must be at least 200 (100 negatives from the nearest 5%)")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 

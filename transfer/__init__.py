@@ -1,7 +1,15 @@
-"""Everything Detectron2: runtime compatibility, config keys, heads, datasets, conversion, training.
+"""Everything Detectron2: its runtime, datasets, checkpoint conversion, training, launching, reports.
 
-Importing this package applies :mod:`transfer.d2compat` before any Detectron2 module is imported.
+- ``runtime/``: version fixes (applied on import of this package), the Detectron2 installer, the COCO
+  evaluation backend.
+- ``data/``: builtin dataset names and registration, validation, the resumable loader, synthetic data.
+- ``conversion/``: SSL checkpoints to verified Detectron2 weights and back.
+- ``training/``: the config (defaults plus the project's keys), heads, the trainer, the entry point.
+- ``launch/``: submitit jobs on SLURM or locally, resources, sweeps and their ledger.
+- ``report/``: results.json files to tables, plots and an HTML report, beside the papers' numbers.
+
+Importing this package applies :mod:`transfer.runtime.compat` before any Detectron2 module is imported.
 """
-from transfer import d2compat as _d2compat
+from transfer.runtime import compat
 
-_d2compat.apply()
+compat.apply()

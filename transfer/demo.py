@@ -3,9 +3,10 @@
 :func:`run_demo` writes synthetic data in the real layouts, pretrains a tiny MoCo v2 ResNet-18 on the
 ImageNet-style folder, converts its checkpoint (verified), runs tiny Mask R-CNN R18-FPN transfers on the
 synthetic COCO for a random-init baseline and for the pretrained backbone, each fine-tuned and frozen,
-and writes the frozen-vs-fine-tuned table, plots and an HTML report. Each step runs the project's own
-command-line entry point in a subprocess (its log goes to the step's folder), so the demo exercises
-exactly what a user runs. A finished step is not repeated when the demo runs again.
+and writes the frozen-vs-fine-tuned table, plots and an HTML report. Pretraining and transfer run the
+``main`` behind ``tools/pretrain_backbone.py`` and ``tools/train_net.py`` in a subprocess (its log goes
+to the step's folder), so the demo exercises exactly what a user runs. A finished step is not repeated
+when the demo runs again.
 """
 import os
 import re
@@ -14,9 +15,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from transfer.config import TINY_OVERRIDES
+from pretrain.common.paths import REPO_ROOT
+from pretrain.common.runs import CHECKPOINT_FINAL, METRICS_FILE, RESULTS_FILE, run_dir
+from transfer.training.config import TINY_OVERRIDES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = REPO_ROOT
 TASK = "coco_mask_rcnn_R_50_FPN_1x"
 
 
@@ -36,9 +39,16 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and its log."""
 
 
-def _run_logged(cmd, log_path, env, progress=None, total=None, say=print):
-    """Run ``cmd`` with its output in ``log_path``; report progress: ``progress`` is (file, regex of an
-    iteration number, offset to the number of iterations done) read back every few seconds."""
+def _command(module, argv):
+    """``python -c`` running ``module.main(argv)``: the command line of the tool that wraps it."""
+    code = f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *argv]
+
+
+def _run_logged(name, cmd, log_path, env, progress=None, total=None, say=print):
+    """Run ``cmd`` (the step ``name``) with its output in ``log_path``; report progress: ``progress`` is
+    (file, regex of an iteration number, offset to the number of iterations done) read back every few
+    seconds."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -53,7 +63,7 @@ def _run_logged(cmd, log_path, env, progress=None, total=None, say=print):
     if proc.returncode != 0:
         with open(log_path, errors="replace") as f:
             tail = [line.rstrip() for line in f if line.strip()][-1:] or ["no output"]
-        raise DemoError(f"{' '.join(cmd[1:4])} failed (exit {proc.returncode}): {tail[0]} (log: {log_path})")
+        raise DemoError(f"{name} failed (exit {proc.returncode}): {tail[0]} (log: {log_path})")
 
 
 def _last_iteration(path, pattern):
@@ -65,7 +75,7 @@ def _last_iteration(path, pattern):
 def run_demo(out_dir="output/demo", size=FULL, say=print):
     """Run the demo into ``out_dir``; return the report's files (see :func:`transfer.report.build_report`)."""
     from transfer.report import build_report
-    from transfer.synthetic import write_synthetic
+    from transfer.data.synthetic import write_synthetic
 
     out_dir = os.path.abspath(out_dir)
     data_root = os.path.join(out_dir, "datasets")
@@ -83,18 +93,18 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
             f"{counts['imagenet']['train']['classes']} classes")
 
     pre_dir = os.path.join(out_dir, "pretrain")
-    checkpoint = os.path.join(pre_dir, "checkpoint_final.pth")
+    checkpoint = os.path.join(pre_dir, CHECKPOINT_FINAL)
     say(f"{elapsed()} 2/5 pretraining a tiny MoCo v2 ResNet-18 ({size.pretrain_iters} iterations, 64 px) -> {pre_dir}")
     if not os.path.isfile(checkpoint):
-        cmd = [sys.executable, "-m", "pretrain.train", "--config-file",
-               os.path.join(REPO, "configs", "pretrain", "moco_v2_R_50.yaml"),
-               "MODEL.ARCH", "resnet18", "INPUT.SIZE", "64", "MOCO.K", "1024",
-               "SOLVER.BATCH_SIZE", str(size.pretrain_batch), "SOLVER.MAX_ITER", str(size.pretrain_iters),
-               "SOLVER.BASE_LR", "0.06", "SOLVER.REFERENCE_BATCH_SIZE", str(size.pretrain_batch),
-               "DATA.ROOT", os.path.join(data_root, "imagenet"), "DATA.NUM_WORKERS", "1", "LOG_PERIOD", "10",
-               "KNN.PERIOD", "0", "SEED", "0", "OUTPUT_DIR", pre_dir]
-        _run_logged(cmd, os.path.join(pre_dir, "demo.log"), env,
-                    progress=(os.path.join(pre_dir, "metrics.jsonl"), r'"iter": (\d+)', 0),
+        cmd = _command("pretrain.training.train", [
+            "--config-file", os.path.join(REPO, "configs", "pretrain", "moco_v2_R_50.yaml"),
+            "MODEL.ARCH", "resnet18", "INPUT.SIZE", "64", "MOCO.K", "1024",
+            "SOLVER.BATCH_SIZE", str(size.pretrain_batch), "SOLVER.MAX_ITER", str(size.pretrain_iters),
+            "SOLVER.BASE_LR", "0.06", "SOLVER.REFERENCE_BATCH_SIZE", str(size.pretrain_batch),
+            "DATA.ROOT", os.path.join(data_root, "imagenet"), "DATA.NUM_WORKERS", "1", "LOG_PERIOD", "10",
+            "KNN.PERIOD", "0", "SEED", "0", "OUTPUT_DIR", pre_dir])
+        _run_logged("pretrain", cmd, os.path.join(pre_dir, "demo.log"), env,
+                    progress=(os.path.join(pre_dir, METRICS_FILE), r'"iter": (\d+)', 0),
                     total=size.pretrain_iters, say=say)
         if not os.path.isfile(checkpoint):
             raise DemoError(f"pretraining wrote no {checkpoint} (log: {os.path.join(pre_dir, 'demo.log')})")
@@ -102,7 +112,7 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
     weights = os.path.join(out_dir, "weights", "moco_v2_tiny.pkl")
     say(f"{elapsed()} 3/5 converting the checkpoint to Detectron2 weights (verified) -> {weights}")
     if not os.path.isfile(weights):
-        from transfer.convert import ConversionError, convert
+        from transfer.conversion.convert import ConversionError, convert
 
         os.makedirs(os.path.dirname(weights), exist_ok=True)
         try:
@@ -118,18 +128,19 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
     say(f"{elapsed()} 4/5 transfer: Mask R-CNN R18-FPN on the synthetic COCO, {len(jobs)} runs of "
         f"{size.transfer_iters} iterations -> {runs_root}")
     for i, (backbone, path, mode) in enumerate(jobs, 1):
-        run_dir = os.path.join(runs_root, TASK, backbone, mode, "seed0")
+        folder = run_dir(runs_root, TASK, backbone, mode, 0)
         say(f"    run {i}/{len(jobs)}: {backbone}, {mode}")
-        if os.path.isfile(os.path.join(run_dir, "results.json")):
+        if os.path.isfile(os.path.join(folder, RESULTS_FILE)):
             continue
         arch = [] if path else ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
-        cmd = [sys.executable, "-m", "transfer.train_net", "--config-file",
-               os.path.join(REPO, "configs", "transfer", f"{TASK}.yaml"), *TINY_OVERRIDES, *arch,
-               "MODEL.WEIGHTS", path, "TRANSFER.BACKBONE_NAME", backbone, "TRANSFER.MODE", mode,
-               "SOLVER.MAX_ITER", str(size.transfer_iters), "SOLVER.WARMUP_ITERS", str(min(50, size.transfer_iters)),
-               "SEED", "0", "OUTPUT_DIR", run_dir]
-        log = os.path.join(run_dir, "demo.log")
-        _run_logged(cmd, log, env, progress=(log, r"iter: (\d+)", 1), total=size.transfer_iters, say=say)
+        cmd = _command("transfer.training.train_net", [
+            "--config-file", os.path.join(REPO, "configs", "transfer", f"{TASK}.yaml"), *TINY_OVERRIDES, *arch,
+            "MODEL.WEIGHTS", path, "TRANSFER.BACKBONE_NAME", backbone, "TRANSFER.MODE", mode,
+            "SOLVER.MAX_ITER", str(size.transfer_iters), "SOLVER.WARMUP_ITERS", str(min(50, size.transfer_iters)),
+            "SEED", "0", "OUTPUT_DIR", folder])
+        log = os.path.join(folder, "demo.log")
+        _run_logged(f"train_net ({backbone}, {mode})", cmd, log, env, progress=(log, r"iter: (\d+)", 1),
+                    total=size.transfer_iters, say=say)
 
     say(f"{elapsed()} 5/5 table, plots and report -> {out_dir}")
     files = build_report(runs_root, out_dir, baseline="random")

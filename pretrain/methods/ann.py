@@ -3,7 +3,7 @@
 ANN is BALL (:mod:`pretrain.methods.ball`) with the close-neighbour set ``C_i`` removed from the negatives:
 ``C_i`` = the bank entries that share ``i``'s cluster in any of ``CLUSTER.RUNS`` (10) k-means runs of the
 bank with ``CLUSTER.K`` clusters (30000 on ImageNet, 300 on CIFAR10), recomputed at every epoch start on
-rank 0 and broadcast (:class:`pretrain.negatives.AnnSampler`)::
+rank 0 and broadcast (:class:`pretrain.methods.negatives.AnnSampler`)::
 
     loss = -log exp(f.M_i/t) / (exp(f.M_i/t) + sum_{j in B_i \\ C_i} exp(f.M_j/t))
 
@@ -14,7 +14,7 @@ the MI ceiling ``log(K + 1)`` use their mean size. The cluster assignments are c
 ANN+ (registry name ``ann_plus``) anneals both sets (``BALL.ANNEAL`` and ``CLUSTER.ANNEAL`` forced on):
 ``B_i`` shrinks from the whole bank as in BALL+, and ``C_i`` grows from empty to full with the same
 weight ``w`` of the schedule: the first ``round(w x RUNS)`` k-means runs define ``C_i`` (see
-:mod:`pretrain.negatives`). So ANN+ starts as IR and ends as ANN. Plain ``ann`` follows the two config
+:mod:`pretrain.methods.negatives`). So ANN+ starts as IR and ends as ANN. Plain ``ann`` follows the two config
 keys.
 """
 from pretrain.methods.ball import Ball

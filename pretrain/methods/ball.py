@@ -2,7 +2,7 @@
 
 BALL is IR (:mod:`pretrain.methods.ir`: encoder, memory bank, InfoNCE form) with the negatives restricted to
 the background set ``B_i``: the ``BALL.NEIGHBOURS`` (4096) bank entries closest (inner product) to the
-current embedding, or ``BALL.FRACTION`` of the bank, ``i`` excluded (:class:`pretrain.negatives.BallSampler`)::
+current embedding, or ``BALL.FRACTION`` of the bank, ``i`` excluded (:class:`pretrain.methods.negatives.BallSampler`)::
 
     loss = -log exp(f.M_i/t) / (exp(f.M_i/t) + sum_{j in B_i} exp(f.M_j/t))
 

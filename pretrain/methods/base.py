@@ -1,6 +1,6 @@
 """The interface between a pretraining method and the train loop.
 
-The loop (``pretrain/train.py``) does, per iteration::
+The loop (``pretrain/training/train.py``) does, per iteration::
 
     out = model(batch)                  # Method.forward, wrapped in DDP when there are several processes
     out["loss"].backward(); optimizer.step()
@@ -24,7 +24,7 @@ momentum encoders, queues, memory banks, their pointers) plus :meth:`Method.extr
 and tensors: cluster assignments, schedules...). The checkpoint stores ``state_dict`` under its
 ``"state_dict"`` key, so the online encoder must be an attribute named ``encoder_q`` (two-encoder methods)
 or ``encoder`` (single-encoder methods), a torchvision ResNet with the projection head in ``fc``: that is
-the layout ``transfer/convert.py`` reads (DESIGN.md artifact 1).
+the layout ``pretrain/checkpoints/layouts.py`` reads (docs/artifacts.md).
 """
 import math
 

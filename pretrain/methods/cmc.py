@@ -3,12 +3,12 @@ negatives: CMC-BALL, CMC-ANN and the annealed CMC-BALL+ / CMC-ANN+ (``CMC.NEGATI
 
 - Views: the loader ships one uint8 RGB crop (``view1``, recipe ``cmc``: no grayscale); on the device it is
   converted to CIE Lab and split into L (1 channel) and ab (2 channels), each normalised to [-1, 1] with
-  CMC's constants (:mod:`pretrain.lab`).
+  CMC's constants (:mod:`pretrain.data.lab_color`).
 - ``encoder_l`` and ``encoder_ab``: torchvision ResNets (``MODEL.ARCH``) whose ``conv1`` takes 1 and 2
   channels, each with its own projection head (``MODEL.HEAD``, ``MODEL.DIM``) in ``fc``. ``CMC.WIDTH`` scales
   every width of each encoder (stem, stages, features: CMC's ResNet-50 x0.5 / x1 / x2 per view); the
   stem and the stage widths are ``round(64 w)``, ``round(128 w)``, ... (ResNeXt keeps its groups).
-- ``memory_l`` and ``memory_ab``: one memory bank per view (:class:`~pretrain.memory_bank.MemoryBank`, rate
+- ``memory_l`` and ``memory_ab``: one memory bank per view (:class:`~pretrain.methods.memory_bank.MemoryBank`, rate
   ``BANK.MOMENTUM``), one entry per training image.
 - Loss (Wu et al. Eq. 3, InfoNCE form as their Sec. 4 recommends; temperature ``BANK.T``): the L embedding
   of image i is the anchor against the ab bank (positive ``M_ab[i]``, K negatives drawn from ``M_ab``) and
@@ -18,7 +18,7 @@ negatives: CMC-BALL, CMC-ANN and the annealed CMC-BALL+ / CMC-ANN+ (``CMC.NEGATI
       L_IR(z, M) = -log exp(z.M[i]/t) / (exp(z.M[i]/t) + sum_k exp(z.M[n_k]/t))
 
   After the optimizer step each bank moves towards its own view's embeddings of the step.
-- Negatives (``CMC.NEGATIVES``, :func:`pretrain.negatives.build_negative_sampler`, one sampler per
+- Negatives (``CMC.NEGATIVES``, :func:`pretrain.methods.negatives.build_negative_sampler`, one sampler per
   direction, each with the bank it draws from: the L anchor's sampler gets the L embedding and ``M_ab``, the
   ab anchor's the ab embedding and ``M_l``): ``"uniform"`` (CMC): K = ``BANK.NUM_NEGATIVES`` entries drawn
   uniformly from the other N - 1 entries of the bank (i is never its own negative); ``"ball"`` (CMC-BALL):
@@ -32,7 +32,7 @@ Features (kNN monitor, linear evaluation): each view's encoder output (``"embedd
 the pooled trunk features) is L2-normalised, the two are concatenated (L first) and divided by sqrt(2): a unit
 vector whose cosine similarity is the mean of the two views' cosines (CMC evaluates the concatenation).
 
-A checkpoint of this method is not an RGB backbone: ``transfer/convert.py`` refuses it for Detectron2.
+A checkpoint of this method is not an RGB backbone: ``transfer/conversion/convert.py`` refuses it for Detectron2.
 """
 import math
 
@@ -42,11 +42,11 @@ from torch import nn
 from torchvision import transforms as T
 
 from pretrain.backbones import build_encoder, parse_arch, trunk_forward
-from pretrain.lab import split_lab
-from pretrain.memory_bank import MemoryBank
+from pretrain.data.lab_color import split_lab
+from pretrain.methods.memory_bank import MemoryBank
 from pretrain.methods.base import Method
 from pretrain.methods.ir import BankMethod, bank_infonce, masked_logits
-from pretrain.negatives import build_negative_sampler
+from pretrain.methods.negatives import build_negative_sampler
 
 __all__ = ["CMC", "build_view_encoder", "NEGATIVES"]
 
@@ -98,7 +98,7 @@ def _has_grayscale(transform):
 class CMC(Method):
     loss_form = "bank"
     #: two encoders on L and ab inputs: not one RGB ResNet, so never converted to Detectron2 weights (sweeps
-    #: evaluate CMC backbones on frozen features only; transfer/pipeline.py reads this)
+    #: evaluate CMC backbones on frozen features only; transfer/launch/pipeline.py reads this)
     rgb_backbone = False
 
     def __init__(self, cfg, num_train_images=None):
@@ -124,7 +124,7 @@ class CMC(Method):
 
     @classmethod
     def check_config(cls, cfg):
-        from pretrain.views import build_views
+        from pretrain.data.views import build_views
 
         if cfg.CMC.NEGATIVES not in NEGATIVES:
             raise ValueError(f"unknown CMC.NEGATIVES {cfg.CMC.NEGATIVES!r}; use {', '.join(NEGATIVES)}")

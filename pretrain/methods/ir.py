@@ -4,10 +4,10 @@ class of the other memory-bank methods (BALL, ANN, BALL+, ANN+: ``ball.py`` / ``
 
 - ``encoder``: a torchvision ResNet with the projection head in ``fc`` (``MODEL.HEAD``, ``MODEL.DIM`` = 128),
   the one network that is trained (and converted: layout "pretrain", ``encoder.*``).
-- ``bank``: :class:`~pretrain.memory_bank.MemoryBank`, one L2-normalised entry per training image, moved
+- ``bank``: :class:`~pretrain.methods.memory_bank.MemoryBank`, one L2-normalised entry per training image, moved
   after every step towards the step's embeddings with rate ``BANK.MOMENTUM`` (t = 0.5):
   ``m_i <- normalize(t m_i + (1 - t) f_i)`` (gathered over processes). A buffer: checkpointed and resumed.
-- ``sampler``: :mod:`pretrain.negatives` picks each sample's negatives (IR: ``K = BANK.NUM_NEGATIVES``
+- ``sampler``: :mod:`pretrain.methods.negatives` picks each sample's negatives (IR: ``K = BANK.NUM_NEGATIVES``
   uniformly from the bank without ``i``). Its state (cluster assignments) is the method's ``extra_state``.
 - One view (``view1``; ``INPUT.NUM_VIEWS`` 1 is enough): the positive of ``f = normalize(g(x_i))`` is the
   bank entry ``M[i]`` (Wu et al. 2020's "weighted view set" of past epochs).
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.backbones import build_encoder
-from pretrain.distributed import all_reduce_sum, get_world_size
-from pretrain.memory_bank import MemoryBank
+from pretrain.common.distributed import all_reduce_sum, get_world_size
+from pretrain.methods.memory_bank import MemoryBank
 from pretrain.methods.base import Method
-from pretrain.negatives import SCHEDULES, build_negative_sampler
-from pretrain.neighbours import BACKENDS, resolve_backend
+from pretrain.methods.negatives import SCHEDULES, build_negative_sampler
+from pretrain.methods.neighbours import BACKENDS, resolve_backend
 
 __all__ = ["BankMethod", "IR", "bank_infonce", "masked_logits"]
 

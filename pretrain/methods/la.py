@@ -5,11 +5,11 @@ The IR machinery of :mod:`pretrain.methods.ir` (encoder, memory bank with rate t
 per sample ``i``, both recomputed from the bank:
 
 - the background set ``B_i``: the ``BALL.NEIGHBOURS`` (4096) bank entries closest to the current embedding,
-  ``i`` excluded (:class:`pretrain.negatives.BallSampler`; ``BANK.NUM_NEGATIVES`` uniform draws from it when
+  ``i`` excluded (:class:`pretrain.methods.negatives.BallSampler`; ``BANK.NUM_NEGATIVES`` uniform draws from it when
   it is larger);
 - the close-neighbour set ``C_i``: the entries sharing ``i``'s cluster in any of ``CLUSTER.RUNS`` k-means
   runs (``CLUSTER.K`` clusters) of the bank, recomputed at every epoch start (rank 0, broadcast;
-  :class:`pretrain.negatives.ClusterSets`), checkpointed with the method.
+  :class:`pretrain.methods.negatives.ClusterSets`), checkpointed with the method.
 
 With ``s_j = f . M_j / t`` and ``i`` counted in both sets (``i in C_i``, as Wu et al. state, and in the
 denominator as in BALL)::
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.methods.ir import BankMethod, bank_infonce, masked_logits
-from pretrain.negatives import ClusterSets, NegativeSampler
+from pretrain.methods.negatives import ClusterSets, NegativeSampler
 
 __all__ = ["LocalAggregation", "la_loss"]
 

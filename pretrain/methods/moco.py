@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.backbones import build_encoder, feature_dim, trunk_forward
-from pretrain.distributed import all_gather_cat, batch_shuffle, batch_unshuffle, get_world_size
+from pretrain.common.distributed import all_gather_cat, batch_shuffle, batch_unshuffle, get_world_size
 from pretrain.methods.base import Method, infonce_logits
 
 __all__ = ["MoCo", "JigsawHead", "momentum_update"]

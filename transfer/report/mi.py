@@ -1,6 +1,6 @@
 """Mutual information next to downstream numbers: Lee et al.'s encoder ranking and InfoMin's reverse-U.
 
-Reads the ``mi.json`` files of ``tools/estimate_mi.py`` under a results root (any depth; a sweep writes
+Reads the ``mi.json`` files (format: docs/artifacts.md) of ``tools/estimate_mi.py`` under a results root (any depth; a sweep writes
 them to ``ROOT/mi_<name>/<backbone>/mi.json``) and relates them to the runs' ``results.json``:
 
 - :func:`mi_columns`: one MI column (bits) per estimate, ``{column: {backbone: value}}``, for the tables'
@@ -21,10 +21,12 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["MI_NAME", "MIRecord", "collect_mi", "mi_columns", "ranking", "Ranking", "render_ranking",
+from pretrain.common.runs import MI_FILE
+from transfer.report.render import escape_html
+
+__all__ = ["MIRecord", "collect_mi", "mi_columns", "ranking", "Ranking", "render_ranking",
            "plot_mi_vs_metric", "RANKED_METRICS"]
 
-MI_NAME = "mi.json"
 NEAR_CEILING = 0.95
 # the downstream metric per family that the ranking uses (Lee et al.: linear accuracy)
 RANKED_METRICS = (("linear", "top1"), ("bbox", "AP"), ("segm", "AP"), ("keypoints", "AP"))
@@ -90,9 +92,9 @@ def collect_mi(root):
     records, skipped, seen = [], [], {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        if MI_NAME not in filenames:
+        if MI_FILE not in filenames:
             continue
-        path = os.path.join(dirpath, MI_NAME)
+        path = os.path.join(dirpath, MI_FILE)
         try:
             rec = _read(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
@@ -179,13 +181,12 @@ def render_ranking(rankings, fmt="markdown"):
         return ""
     parts = []
     if fmt == "html":
-        from html import escape
-
         for r in rankings:
-            head = (f"<h3>MI {escape(r.estimate)} vs {escape(r.task)} ({escape(r.mode)}) {escape(r.metric)}</h3>")
-            rows = "".join(f"<tr><td class=\"label\">{escape(b)}</td><td>{mi:.3f}{' *' if near else ''}</td>"
+            head = (f"<h3>MI {escape_html(r.estimate)} vs {escape_html(r.task)} ({escape_html(r.mode)}) "
+                    f"{escape_html(r.metric)}</h3>")
+            rows = "".join(f"<tr><td class=\"label\">{escape_html(b)}</td><td>{mi:.3f}{' *' if near else ''}</td>"
                            f"<td>{v:.2f}</td></tr>" for b, mi, near, v in r.rows)
-            parts.append(head + f"<table><tr><th>backbone</th><th>MI (bits)</th><th>{escape(r.metric)}</th></tr>"
+            parts.append(head + f"<table><tr><th>backbone</th><th>MI (bits)</th><th>{escape_html(r.metric)}</th></tr>"
                          f"{rows}</table><p class=\"notes\">n = {r.n} &middot; Pearson {_corr(r.pearson, r.pearson_p)}"
                          f" &middot; Kendall {_corr(r.kendall, r.kendall_p)}</p>")
         parts.append("<p class=\"notes\">* within 5% of the estimate's ceiling log K_Est: the estimation batch, "

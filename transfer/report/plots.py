@@ -11,7 +11,7 @@ import os
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from transfer.fileio import write_bytes_atomic
+from pretrain.common.fileio import write_bytes_atomic
 from transfer.report.table import FAMILY_LABELS, HIGHLIGHT, MODE_LABELS
 
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")

@@ -1,25 +1,39 @@
 """Render :class:`~transfer.report.table.Table` objects as markdown, CSV (long form), LaTeX or HTML.
 
-Every format shows the same cells: mean +- sample std over seeds (n when > 1), the delta to the
-baseline in brackets with its sign, a dash for a missing cell and a dagger for a cell that excluded
-non-finite runs; published rows are marked as such. LaTeX and HTML (and markdown, in bold) highlight
-deltas of at least +0.5 point as the papers do. CSV is one row per cell with exactly the columns
-``task,family,metric,backbone,mode,n,mean,std,delta``.
+Every format shows the same cells: mean +- sample std over n seeds with n, the 95% confidence interval
+of the mean (from 3 seeds on; a cell with fewer says so), the delta to the baseline in brackets with
+its sign, in bold (LaTeX and HTML: bold and coloured) only when it is beyond seed noise
+(:mod:`transfer.report.significance`), a dash for a missing cell and a dagger for a cell that excluded
+non-finite runs; published rows are marked as such and carry the spread and trials the paper reports.
+CSV is one row per cell with exactly the columns :data:`CSV_COLUMNS`.
 """
 import csv
 import html
 import io
 
-from transfer.report.table import FAMILY_LABELS, HIGHLIGHT, MODE_LABELS
+from transfer.report.significance import ALPHA, CONFIDENCE, MIN_SEEDS
+from transfer.report.table import FAMILY_LABELS, MODE_LABELS
 
 FORMATS = ("markdown", "csv", "latex", "html")
-CSV_COLUMNS = ("task", "family", "metric", "backbone", "mode", "n", "mean", "std", "delta")
+CSV_COLUMNS = ("task", "family", "metric", "backbone", "mode", "n", "mean", "std", "ci_low", "ci_high", "delta",
+               "test", "p_value", "significant")
 DASH = "\u2014"
 FLAG = "\u2020"  # dagger: non-finite runs excluded
 PM = "\u00b1"
-LEGEND = (f"Cells: mean {PM} sample std over seeds (n shown when > 1); [delta] vs the baseline backbone of the same "
-          f"task and mode; {DASH}: no runs; {FLAG}: runs with non-finite values excluded; published rows are the "
-          "papers' numbers, their deltas vs the paper's own baseline row.")
+FEW = "too few seeds"
+CI_PCT = f"{CONFIDENCE * 100:g}%"
+TEST_RULE = (f"two-sided, p < {ALPHA:g}: a paired t-test when both rows ran the same seed ids (a seed fixes the "
+             "data order and the new layers' initialisation, so pairing cancels the noise the runs share), "
+             "Welch's t-test otherwise; exact permutation tests are not used because with 3 seeds per row "
+             "they cannot reach p < 0.05")
+TEST_SHORT = (f"two-sided p < {ALPHA:g}; paired t-test when both rows ran the same seeds, else Welch's t-test")
+LEGEND = (f"Cells: mean {PM} sample std over the n seeds, with the {CI_PCT} confidence interval of the mean (CI, "
+          f"t-distribution, n-1 degrees of freedom); [delta] vs the baseline backbone of the same task and mode, "
+          f"in bold only when beyond seed noise ({TEST_RULE}). A cell with fewer than {MIN_SEEDS} seeds says "
+          f"\"{FEW}\": no CI and no test are claimed. {DASH}: no runs; {FLAG}: runs with non-finite values "
+          "excluded. Published rows are the papers' numbers, their deltas vs the paper's own baseline row; "
+          f"{PM} is the run-to-run std the authors report and n their number of trials, where they report "
+          "them, and those deltas are tested with Welch's t-test from the reported statistics.")
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -33,33 +47,48 @@ def fmt_delta(delta, decimals):
     return f"{(r if r != 0 else 0.0):+.{decimals}f}"
 
 
-def is_highlight(delta, decimals, threshold=HIGHLIGHT):
-    """A delta of at least +threshold as displayed (so a shown +0.5 is always highlighted)."""
-    return delta is not None and round(delta, decimals) >= threshold - 1e-9
-
-
 def cell_parts(cell, row, table):
-    """The pieces of a cell's text: dict(mean, std, n, flag, delta, high) of strings / bool, or None
-    for an empty cell (a published row's other mode), or {"missing": True}."""
+    """The pieces of a cell's text, or None for an empty cell (a published row's other mode), or
+    {"missing": True, "flag": bool}. Pieces: mean, std, n, ci (low, high) strings ("" / None when absent);
+    few (fewer than MIN_SEEDS seeds: no CI, no test), flag; delta, sig (beyond seed noise), down (a
+    significant negative delta) and why (the test and its p, for tooltips)."""
     decimals = table.published_decimals if row.published else table.decimals
     if cell is None:
         return None if row.published else {"missing": True, "flag": False}
-    parts = {"missing": False, "mean": "", "std": "", "n": "", "flag": False, "delta": "", "high": False}
-    if row.published:
-        parts["mean"] = fmt_number(cell.mean, decimals)
-    else:
+    parts = {"missing": False, "mean": "", "std": "", "n": "", "ci": None, "few": False, "flag": False,
+             "delta": "", "sig": False, "down": False, "why": ""}
+    if not row.published:
         parts["flag"] = cell.flagged
         if cell.mean is None:
             parts["missing"] = True
             return parts
-        parts["mean"] = fmt_number(cell.mean, decimals)
-        if cell.n > 1:
-            parts["std"] = fmt_number(cell.std, decimals)
-            parts["n"] = str(cell.n)
+        parts["few"] = cell.few_seeds
+    parts["mean"] = fmt_number(cell.mean, decimals)
+    if cell.std is not None:
+        parts["std"] = fmt_number(cell.std, decimals)
+    if cell.n:
+        parts["n"] = str(cell.n)
+    if cell.ci is not None:
+        parts["ci"] = (fmt_number(cell.ci[0], decimals), fmt_number(cell.ci[1], decimals))
     if cell.delta is not None and not row.is_baseline:
         parts["delta"] = fmt_delta(cell.delta, decimals)
-        parts["high"] = is_highlight(cell.delta, decimals)
+        comparison = cell.comparison
+        if comparison is not None:
+            parts["sig"] = bool(comparison.significant)
+            parts["down"] = parts["sig"] and cell.delta < 0
+            parts["why"] = comparison.description
     return parts
+
+
+def _seeds_note(parts):
+    """"n=3, CI 1.0\u20132.0", "n=2: too few seeds", "n=5" (a published row without spread) or ""."""
+    if not parts["n"]:
+        return ""
+    if parts["few"]:
+        return f"n={parts['n']}: {FEW}"
+    if parts["ci"]:
+        return f"n={parts['n']}, CI {parts['ci'][0]}\u2013{parts['ci'][1]}"
+    return f"n={parts['n']}"
 
 
 def table_notes(table):
@@ -109,11 +138,11 @@ def _md_cell(parts):
     if parts["std"]:
         text += f" {PM} {parts['std']}"
     if parts["n"]:
-        text += f" (n={parts['n']})"
+        text += f" ({_seeds_note(parts)})"
     if parts["flag"]:
         text += FLAG
     if parts["delta"]:
-        text += f" **[{parts['delta']}]**" if parts["high"] else f" [{parts['delta']}]"
+        text += f" **[{parts['delta']}]**" if parts["sig"] else f" [{parts['delta']}]"
     return text
 
 
@@ -150,9 +179,19 @@ def _num(x):
     return "" if x is None else repr(float(x))
 
 
+def _significance_fields(cell):
+    comparison = cell.comparison
+    if comparison is None:
+        return {"test": "", "p_value": "", "significant": ""}
+    return {"test": comparison.test, "p_value": _num(comparison.p),
+            "significant": "" if comparison.p is None else ("yes" if comparison.significant else "no")}
+
+
 def csv_rows(tables):
     """The long-form rows (dicts keyed by :data:`CSV_COLUMNS`), one per cell of our runs with a run behind
-    it, and one per published number (backbone ``published:PAPER TABLE:KEY``, n empty)."""
+    it, and one per published number (backbone ``published:PAPER TABLE:KEY``; n, std and the CI where the
+    paper reports its trials and spread). ``test``: a key of :data:`transfer.report.significance.TESTS`
+    (empty for the baseline and without one); ``significant``: yes / no / empty when not tested."""
     out = []
     for table in tables:
         for row in table.rows:
@@ -161,15 +200,16 @@ def csv_rows(tables):
                     cell = row.cells.get((mode, metric))
                     if cell is None:
                         continue
+                    ci = cell.ci or (None, None)
+                    fields = dict(task=table.task, family=table.family, metric=metric, mode=mode,
+                                  n="" if cell.n is None else str(cell.n), mean=_num(cell.mean), std=_num(cell.std),
+                                  ci_low=_num(ci[0]), ci_high=_num(ci[1]), delta=_num(cell.delta),
+                                  **_significance_fields(cell))
                     if row.published:
-                        ref = cell.reference
-                        out.append(dict(task=table.task, family=table.family, metric=metric,
-                                        backbone=f"published:{ref.citation}:{ref.backbone}", mode=mode, n="",
-                                        mean=_num(ref.value), std="", delta=_num(ref.delta)))
+                        fields["backbone"] = f"published:{cell.reference.citation}:{cell.reference.backbone}"
                     else:
-                        out.append(dict(task=table.task, family=table.family, metric=metric, backbone=row.backbone,
-                                        mode=mode, n=str(cell.n), mean=_num(cell.mean), std=_num(cell.std),
-                                        delta=_num(cell.delta)))
+                        fields["backbone"] = row.backbone
+                    out.append(fields)
     return out
 
 
@@ -185,7 +225,8 @@ def render_csv(tables, skipped=()):
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  DASH: "---", FLAG: r"$^\dagger$", PM: r"$\pm$"}
+                  DASH: "---", FLAG: r"$^\dagger$", PM: r"$\pm$", "\u2013": "--", "<": "$<$",
+                  ">": "$>$"}
 
 
 def latex_escape(text):
@@ -207,12 +248,17 @@ def _latex_cell(parts):
     if parts["std"]:
         text += f"$\\pm${parts['std']}"
     if parts["n"]:
-        text += f"$_{{n={parts['n']}}}$"
+        text += f"$_{{n={parts['n']}}}$" + ("\\textsuperscript{\\S}" if parts["few"] else "")
+    if parts["ci"]:
+        text += f" {{\\scriptsize [{parts['ci'][0]}, {parts['ci'][1]}]}}"
     if parts["flag"]:
         text += "$^\\dagger$"
     if parts["delta"]:
         delta = f"({parts['delta']})"
-        text += " {\\scriptsize " + (f"\\textcolor{{green!50!black}}{{{delta}}}" if parts["high"] else delta) + "}"
+        if parts["sig"]:
+            colour = "red!70!black" if parts["down"] else "green!50!black"
+            delta = f"\\textbf{{\\textcolor{{{colour}}}{{{delta}}}}}"
+        text += " {\\scriptsize " + delta + "}"
     return text
 
 
@@ -222,14 +268,16 @@ def render_latex_table(table):
     groups = " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{MODE_LABELS[m]}}}" for m in table.modes)
     rules = "".join(f"\\cmidrule(lr){{{first + i * k}-{first + (i + 1) * k - 1}}}" for i in range(len(table.modes)))
     lead = " & " * (1 + len(table.extra_columns))
-    gaps = (f"; in brackets the gap to {latex_escape(table.baseline)} (published rows: to the paper's baseline),"
-            f" in green gaps of at least +{HIGHLIGHT} point") if table.baseline else ""
+    gaps = (f"; in parentheses the gap to {latex_escape(table.baseline)} (published rows: to the paper's "
+            f"baseline), in bold (green up, red down) only beyond seed noise ({latex_escape(TEST_SHORT)})"
+            ) if table.baseline else ""
     header = " & ".join(["pre-train", *(latex_escape(c) for c in table.extra_columns),
                          *(_latex_metric(metric) for _ in table.modes for metric in table.metrics)])
     lines = [f"% {table.task} / {table.family}; needs \\usepackage{{booktabs,xcolor}}",
              "\\begin{table}[t]", "\\centering", "\\small",
              f"\\caption{{{latex_escape(table.task)}: {latex_escape(FAMILY_LABELS.get(table.family, table.family))}."
-             f" Mean$\\pm$std over seeds{gaps}.}}",
+             f" Mean$\\pm$std over n seeds, in brackets the {CI_PCT.replace('%', chr(92) + '%')} confidence"
+             f" interval of the mean{gaps}; \\S: fewer than {MIN_SEEDS} seeds, no interval and no test.}}",
              f"\\begin{{tabular}}{{l{'r' * len(table.extra_columns)}{'c' * (k * len(table.modes))}}}",
              "\\toprule", f"{lead}{groups} \\\\", rules, header + " \\\\",
              "\\midrule"]
@@ -279,7 +327,10 @@ tr.published.first td { border-top: 1px solid #8c959f; }
 tr.baseline td.label { font-weight: 600; }
 .std, .n { color: #57606a; font-size: .85em; }
 .delta { font-size: .85em; margin-left: .3em; }
-.delta.high { color: #1a7f37; font-weight: 600; background: #dafbe1; padding: 0 2px; border-radius: 3px; }
+.delta.sig { color: #1a7f37; font-weight: 700; background: #dafbe1; padding: 0 2px; border-radius: 3px; }
+.delta.sig.down { color: #cf222e; background: #ffebe9; }
+.ci { color: #57606a; font-size: .8em; }
+.few { color: #9a6700; font-size: .85em; }
 .flag { color: #cf222e; }
 .missing { color: #8c959f; }
 table.runs { font-size: .85em; } table.runs th { text-align: left; background: #f6f8fa; }
@@ -290,7 +341,8 @@ code { font-size: .9em; } img.plot { max-width: 100%; border: 1px solid #d0d7de;
 """
 
 
-def _esc(text):
+def escape_html(text):
+    """``text`` (any value) escaped for HTML text and attribute values."""
     return html.escape(str(text), quote=True)
 
 
@@ -300,26 +352,35 @@ def _html_cell(parts):
     flag = f'<span class="flag" title="runs with non-finite values excluded">{FLAG}</span>' if parts["flag"] else ""
     if parts["missing"]:
         return f'<span class="missing" title="no runs">{DASH}</span>{flag}'
-    text = _esc(parts["mean"])
+    text = escape_html(parts["mean"])
     if parts["std"]:
-        text += f' <span class="std">{PM}&#8239;{_esc(parts["std"])}</span>'
-    if parts["n"]:
-        text += f' <span class="n">(n={_esc(parts["n"])})</span>'
+        text += f' <span class="std">{PM}&#8239;{escape_html(parts["std"])}</span>'
+    if parts["n"] and parts["few"]:
+        text += (f' <span class="few" title="fewer than {MIN_SEEDS} seeds: no confidence interval, no test">'
+                 f'(n={escape_html(parts["n"])}: {FEW})</span>')
+    elif parts["n"]:
+        text += f' <span class="n">(n={escape_html(parts["n"])})</span>'
+    if parts["ci"]:
+        text += (f' <span class="ci" title="{CI_PCT} confidence interval of the mean">'
+                 f'[{escape_html(parts["ci"][0])}&ndash;{escape_html(parts["ci"][1])}]</span>')
     text += flag
     if parts["delta"]:
-        cls = "delta high" if parts["high"] else "delta"
-        text += f'<span class="{cls}">({_esc(parts["delta"])})</span>'
+        cls = "delta sig" + (" down" if parts["down"] else "") if parts["sig"] else "delta"
+        title = f' title="{escape_html(parts["why"])}"' if parts["why"] else ""
+        delta = escape_html(parts["delta"])
+        text += (f'<strong class="{cls}"{title}>({delta})</strong>' if parts["sig"]
+                 else f'<span class="{cls}"{title}>({delta})</span>')
     return text
 
 
 def render_html_table(table):
     """One table as an HTML fragment (heading, table, notes)."""
     k = len(table.metrics)
-    extra_heads = "".join(f'<th rowspan="2">{_esc(c)}</th>' for c in table.extra_columns)
-    groups = "".join(f'<th colspan="{k}" class="group-start">{_esc(MODE_LABELS[m])}</th>' for m in table.modes)
-    metrics = "".join(f'<th{" class=group-start" if i == 0 else ""}>{_esc(metric)}</th>'
+    extra_heads = "".join(f'<th rowspan="2">{escape_html(c)}</th>' for c in table.extra_columns)
+    groups = "".join(f'<th colspan="{k}" class="group-start">{escape_html(MODE_LABELS[m])}</th>' for m in table.modes)
+    metrics = "".join(f'<th{" class=group-start" if i == 0 else ""}>{escape_html(metric)}</th>'
                       for _ in table.modes for i, metric in enumerate(table.metrics))
-    out = [f'<h3>{_esc(table.task)} &middot; {_esc(FAMILY_LABELS.get(table.family, table.family))}</h3>',
+    out = [f'<h3>{escape_html(table.task)} &middot; {escape_html(FAMILY_LABELS.get(table.family, table.family))}</h3>',
            '<div class="scroll"><table class="results">', "<thead>",
            f'<tr><th rowspan="2" class="label">pre-train</th>{extra_heads}{groups}</tr>', f"<tr>{metrics}</tr>",
            "</thead>", "<tbody>"]
@@ -334,13 +395,13 @@ def render_html_table(table):
         if row.is_baseline:
             classes.append("baseline")
         cls = f' class="{" ".join(classes)}"' if classes else ""
-        label = _esc(row.label)
+        label = escape_html(row.label)
         if row.published:
-            label += f' <span class="n">(published: {_esc(row.citation)})</span>'
+            label += f' <span class="n">(published: {escape_html(row.citation)})</span>'
         elif row.is_baseline:
             label += ' <span class="n">(baseline)</span>'
         cells = [f'<td class="label">{label}</td>']
-        cells += [f"<td>{_esc(_extra_text(row.extra.get(c), table.decimals))}</td>" for c in table.extra_columns]
+        cells += [f"<td>{escape_html(_extra_text(row.extra.get(c), table.decimals))}</td>" for c in table.extra_columns]
         for m in table.modes:
             for i, metric in enumerate(table.metrics):
                 start = ' class="group-start"' if i == 0 else ""
@@ -349,23 +410,25 @@ def render_html_table(table):
     out += ["</tbody>", "</table></div>"]
     notes = table_notes(table)
     if notes:
-        out.append('<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+        out.append('<ul class="notes">' + "".join(f"<li>{escape_html(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(out)
 
 
 def html_document(title, body):
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+            f"<title>{escape_html(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def render_html(tables, skipped=()):
-    """A standalone HTML page with the tables (the full report with plots is transfer.report.html)."""
-    body = ["<h1>Transfer results</h1>", f'<p class="legend">{_esc(LEGEND)}</p>']
+def render_html(tables, skipped=(), sections=()):
+    """A standalone HTML page with the tables (the full report with plots is transfer.report.html);
+    ``sections``: extra (title, HTML body) blocks after the tables."""
+    body = ["<h1>Transfer results</h1>", f'<p class="legend">{escape_html(LEGEND)}</p>']
     body += [render_html_table(t) for t in tables]
+    body += [f"<h2>{escape_html(heading)}</h2>\n{html_body}" for heading, html_body in sections]
     lines = skipped_lines(skipped)
     if lines:
-        body.append(f'<p class="notes">{_esc(lines[0])}</p><ul class="notes">'
-                    + "".join(f"<li><code>{_esc(p)}</code>: {_esc(w)}</li>" for p, w in skipped) + "</ul>")
+        body.append(f'<p class="notes">{escape_html(lines[0])}</p><ul class="notes">'
+                    + "".join(f"<li><code>{escape_html(p)}</code>: {escape_html(w)}</li>" for p, w in skipped) + "</ul>")
     return html_document("Transfer results", "\n".join(body))
 
 

@@ -1,4 +1,4 @@
-"""Collect the ``results.json`` of finished runs (DESIGN.md artifact 3) under a root, at any depth.
+"""Collect the ``results.json`` of finished runs (format: docs/artifacts.md) under a root, at any depth.
 
 A run directory may also hold the ``config.yaml`` Detectron2 dumps next to the results; a few of its
 keys (schedule, batch, learning rate, weights, depth) become the run's configuration summary; without
@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from transfer.references import arch_from_config
+from pretrain.common.runs import CONFIG_FILE, MODES, RESULTS_FILE
+from transfer.report.references import arch_from_config
 
 logger = logging.getLogger(__name__)
 
-MODES = ("finetune", "frozen")
-RESULTS_NAME = "results.json"
-CONFIG_NAME = "config.yaml"
 # (label, path in the dumped config) of the per-run configuration summary
 CONFIG_SUMMARY = (("MAX_ITER", ("SOLVER", "MAX_ITER")), ("IMS_PER_BATCH", ("SOLVER", "IMS_PER_BATCH")),
                   ("BASE_LR", ("SOLVER", "BASE_LR")), ("WEIGHTS", ("MODEL", "WEIGHTS")),
@@ -122,9 +120,9 @@ def read_config_summary(path):
         with open(path) as f:
             cfg = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"unreadable {CONFIG_NAME}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise ValueError(f"unreadable {CONFIG_FILE}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if not isinstance(cfg, dict):
-        raise ValueError(f"{CONFIG_NAME} is not a mapping")
+        raise ValueError(f"{CONFIG_FILE} is not a mapping")
     summary = {}
     for label, keys in CONFIG_SUMMARY:
         node = cfg
@@ -140,8 +138,8 @@ def find_results(root):
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        if RESULTS_NAME in filenames:
-            found.append(os.path.join(dirpath, RESULTS_NAME))
+        if RESULTS_FILE in filenames:
+            found.append(os.path.join(dirpath, RESULTS_FILE))
     return sorted(found)
 
 
@@ -170,7 +168,7 @@ def collect_runs(root):
             continue
         seen[key] = path
         config, arch = {}, None
-        cfg_path = os.path.join(os.path.dirname(path), CONFIG_NAME)
+        cfg_path = os.path.join(os.path.dirname(path), CONFIG_FILE)
         if os.path.isfile(cfg_path):
             try:
                 config, arch = read_config_summary(cfg_path)

@@ -1,11 +1,13 @@
 """Table arithmetic: per task and metric family, backbones x (mode, metric) cells over seeds.
 
 A cell holds the finite values of one backbone's runs of one task and mode for one metric: mean,
-sample standard deviation (ddof 1, None when n < 2) and the delta to the baseline backbone's mean of
-the same task, mode and metric. Non-finite values are excluded from the cell and flagged; a backbone
+sample standard deviation (ddof 1, None when n < 2), the 95% t-interval of the mean (from 3 seeds on),
+the delta to the baseline backbone's mean of the same task, mode and metric, and the test of that delta
+(:mod:`transfer.report.significance`: paired t-test over shared seeds, else Welch's; none below 3 seeds). Non-finite values are excluded from the cell and flagged; a backbone
 with no runs for a (task, mode) is a missing cell, and a seed that other backbones of the task and
-mode ran but this one did not is a missing run. Published numbers (``transfer.references``) become
-extra rows marked as published, with the paper's own gap to its baseline row as their delta.
+mode ran but this one did not is a missing run. Published numbers (``transfer.report.references``) become
+extra rows marked as published, with the paper's own gap to its baseline row as their delta, the
+spread and number of trials the paper reports, and the test of the gap where both rows have a spread.
 
 Rendering is :mod:`transfer.report.render`'s job; this module only computes.
 """
@@ -13,16 +15,17 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from transfer.references import arch_of_task, select_references
+from pretrain.common.runs import MODES
+from transfer.report.references import arch_of_task, select_references
+from transfer.report.significance import MIN_SEEDS, compare, compare_summaries, t_interval
 
-MODES = ("finetune", "frozen")
 MODE_LABELS = {"finetune": "fine-tuned", "frozen": "frozen"}
 FAMILY_ORDER = ("bbox", "segm", "keypoints", "linear")
 FAMILY_LABELS = {"bbox": "boxes (bbox)", "segm": "masks (segm)", "keypoints": "keypoints",
                  "linear": "linear classification (top-1/top-5 %)"}
 METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "top1", "top5")
 DEFAULT_METRICS = ("AP", "AP50", "AP75")
-# families whose numbers are not APs (linear evaluation, task linear_<dataset>: pretrain/linear_eval.py)
+# families whose numbers are not APs (linear evaluation, task linear_<dataset>: pretrain/evaluation/linear_eval.py)
 # show these when the metrics asked for are the default ones
 FAMILY_DEFAULT_METRICS = {"linear": ("top1", "top5")}
 HIGHLIGHT = 0.5  # the papers' green: a gap of at least +0.5 point
@@ -49,10 +52,17 @@ class Cell:
     mean: float = None
     std: float = None  # sample std, ddof 1; None when n < 2
     delta: float = None  # mean minus the baseline's mean; None without a baseline (0.0 for the baseline)
+    ci: tuple = None  # (low, high): 95% t-interval of the mean; None below MIN_SEEDS seeds
+    comparison: object = None  # significance.Comparison of the delta; None for the baseline / no baseline
 
     @property
     def n(self):
         return len(self.values)
+
+    @property
+    def few_seeds(self):
+        """Fewer than MIN_SEEDS seeds: no interval and no test are claimed."""
+        return self.n < MIN_SEEDS
 
     @property
     def flagged(self):
@@ -61,10 +71,11 @@ class Cell:
 
 @dataclass
 class PublishedCell:
-    """A published number (:class:`transfer.references.Reference`) in a table."""
+    """A published number (:class:`transfer.report.references.Reference`) in a table."""
 
     reference: object
     exact: bool = True  # False: filed under a similar task (e.g. another LVIS release)
+    comparison: object = None  # significance.Comparison of the paper's gap (set when the table is built)
 
     @property
     def mean(self):
@@ -73,6 +84,20 @@ class PublishedCell:
     @property
     def delta(self):
         return self.reference.delta
+
+    @property
+    def std(self):
+        """The run-to-run std the paper reports for this number, or None."""
+        return self.reference.std
+
+    @property
+    def n(self):
+        """The number of runs the paper averaged, or None where it does not say."""
+        return self.reference.trials
+
+    @property
+    def ci(self):
+        return t_interval(self.mean, self.std, self.n) if self.n and self.n >= MIN_SEEDS else None
 
 
 @dataclass
@@ -185,10 +210,11 @@ def build_table(task, family, runs, modes, metrics, baseline=None, references=No
                     bad.setdefault(s, []).append(metric)
                 values = tuple(v for _, v in finite)
                 mean, std = summarize(values)
+                ci = t_interval(mean, std, len(values)) if len(values) >= MIN_SEEDS else None
                 row.cells[(mode, metric)] = Cell(task=task, family=family, metric=metric, backbone=backbone, mode=mode,
                                                  values=values, seeds=tuple(s for s, _ in finite),
                                                  nonfinite_seeds=nonfinite, missing_seeds=tuple(missing),
-                                                 mean=mean, std=std)
+                                                 mean=mean, std=std, ci=ci)
             table.nonfinite.extend(f"{backbone} {MODE_LABELS[mode]} seed {s} ({', '.join(ms)})"
                                    for s, ms in sorted(bad.items()))
         table.rows.append(row)
@@ -215,6 +241,8 @@ def _apply_deltas(table, baseline):
                 cell = row.cells.get((mode, metric))
                 if cell is not None and cell.mean is not None:
                     cell.delta = cell.mean - ref.mean
+                    if row is not base:
+                        cell.comparison = compare(cell.values, cell.seeds, ref.values, ref.seeds)
     for mode in table.modes:
         if base is None or all(base.cells.get((mode, m)) is None for m in table.metrics):
             if any(row.cells.get((mode, m)) is not None for row in table.rows for m in table.metrics):
@@ -241,7 +269,24 @@ def _add_published(table, runs, references, reference_arch):
                     if note not in table.notes:
                         table.notes.append(note)
             rows[key][1].cells[(mode, ref.metric)] = PublishedCell(reference=ref, exact=exact)
+    _test_published_gaps(rows)
     table.rows.extend(row for _, row in sorted(rows.values(), key=lambda x: (x[1].citation, x[0])))
+
+
+def _test_published_gaps(rows):
+    """Each published gap against the paper's baseline row of the same (sub)table, from the means, spreads
+    and trials the paper reports (Welch's t-test; ``no_spread`` where a row has none)."""
+    by_key = {key: row for key, (_, row) in rows.items()}
+    for (paper, table_name, _), (_, row) in rows.items():
+        if row.is_baseline:
+            continue
+        for (mode, metric), cell in row.cells.items():
+            ref = cell.reference
+            base_row = by_key.get((paper, table_name, ref.baseline)) if ref.baseline else None
+            base = base_row.cells.get((mode, metric)) if base_row else None
+            if base is None or ref.delta is None:
+                continue
+            cell.comparison = compare_summaries(cell.mean, cell.std, cell.n, base.mean, base.std, base.n)
 
 
 def build_tables(collection, baseline=None, metrics=DEFAULT_METRICS, tasks=None, references=None,

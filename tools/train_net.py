@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Run one published transfer setting on a backbone with Detectron2: train, evaluate, write results.json.
+
+    python tools/train_net.py --config-file configs/transfer/<name>.yaml [--num-gpus N]
+        [--num-machines M --machine-rank R --dist-url URL] [--eval-only] [--resume] KEY VALUE ...
+
+The command is transfer.training.train_net.main; errors a user can fix are one line on stderr, exit status 2.
+"""
+import sys
+
+from transfer.training.train_net import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Dataset checks and Detectron2's loading at a fraction of COCO's and LVIS's training-set size.
+
+For each dataset (``coco``: ``coco_2017_train``; ``lvis``: ``lvis_v1_train``) and fraction, a datasets
+root is written with an annotation file of that size (:mod:`transfer.data.scale`: real format, real
+category tables, one small JPEG linked under every image name) and three things are measured, each in
+a fresh process (:func:`transfer.bench.isolated.run_isolated`: wall time, peak memory):
+
+- ``check``: :func:`transfer.data.validate.dataset_summary` without the cache (what a run or a sweep pays
+  the first time it sees the file);
+- ``check, cached``: the same in a new process once the check's cache holds the file (what every later run
+  pays: the file is not read);
+- ``Detectron2 load``: ``DatasetCatalog.get(name)``, Detectron2's own reading of the file when a run builds
+  its data loader (its registration is lazy: this is where the file is parsed).
+
+The ``vs load`` column is each time over Detectron2's load of the same file.
+"""
+import json
+import os
+import tempfile
+
+from transfer.bench.isolated import run_isolated
+
+__all__ = ["DATASETS", "write_root", "bench_datasets", "HEADERS"]
+
+# kind -> (dataset name, annotation file under the root, image folder under the root)
+DATASETS = {"coco": ("coco_2017_train", "coco/annotations/instances_train2017.json", "coco/train2017"),
+            "lvis": ("lvis_v1_train", "lvis/lvis_v1_train.json", "coco/train2017")}
+HEADERS = ("dataset", "size", "images", "annotations", "file MB", "step", "seconds", "peak MB", "added MB",
+           "vs load")
+_IMPORTS = ("transfer", "detectron2.data", "transfer.data.validate")
+
+
+def write_root(work_dir, kind, fraction, seed=0):
+    """A datasets root holding dataset ``kind`` at ``fraction`` of its real training-set size (reused when
+    an earlier call wrote the same); returns ``(root, {"images", "annotations", "bytes"})``."""
+    from transfer.data import scale
+
+    sizes = scale.COCO_TRAIN if kind == "coco" else scale.LVIS_TRAIN
+    num_images, num_annotations = scale.scaled(sizes, fraction)
+    root = os.path.join(work_dir, f"{kind}_{num_images}_{num_annotations}_seed{seed}")
+    _, json_rel, images_rel = DATASETS[kind]
+    marker = os.path.join(root, "written.json")
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            return root, json.load(f)
+    path = os.path.join(root, json_rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make = scale.make_coco_scale_json if kind == "coco" else scale.make_lvis_scale_json
+    info = make(path, num_images, num_annotations, seed=seed, image_root=os.path.join(root, images_rel))
+    with open(marker, "w") as f:
+        json.dump(info, f)
+    return root, info
+
+
+def _check(root, name, cache):
+    """In the measuring process: the project's check of ``name`` under ``root``; ``cache``: the cache
+    folder to use, or None for no cache."""
+    from transfer.data import check_cache
+    from transfer.data.datasets import set_datasets_root
+    from transfer.data.validate import dataset_summary
+
+    os.environ[check_cache.CACHE_ENV] = cache or "none"
+    set_datasets_root(root)
+    return dataset_summary(name, use_cache=cache is not None)["images"]
+
+
+def _load(root, name):
+    """In the measuring process: Detectron2's own loading of ``name`` under ``root``."""
+    from detectron2.data import DatasetCatalog
+
+    from transfer.data.datasets import set_datasets_root
+
+    set_datasets_root(root)
+    return len(DatasetCatalog.get(name))
+
+
+def _row(kind, fraction, info, step, m, load_seconds):
+    name = DATASETS[kind][0]
+    if m.error:
+        return (name, f"{fraction:.0%}", info["images"], info["annotations"], f"{info['bytes'] / 2**20:.0f}", step,
+                "failed", "-", "-", m.error[:80])
+    ratio = f"{m.seconds / load_seconds:.3f}x" if load_seconds else "-"
+    return (name, f"{fraction:.0%}", info["images"], info["annotations"], f"{info['bytes'] / 2**20:.0f}", step,
+            f"{m.seconds:.2f}", f"{m.peak_mb:.0f}", f"{m.added_mb:.0f}", ratio)
+
+
+def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, log=None):
+    """Rows of :data:`HEADERS` for every dataset kind and fraction. ``work_dir``: where the generated
+    roots go (kept there and reused by later calls; default a temporary folder, removed); ``load``: also
+    time Detectron2's load (the slow part at full size); ``log``: a function for progress lines."""
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_scale_data_")
+        work_dir = tmp.name
+    rows = []
+    try:
+        for kind in kinds:
+            name = DATASETS[kind][0]
+            for fraction in fractions:
+                if log:
+                    log(f"datasets: writing {name} at {fraction:.0%} ...")
+                root, info = write_root(work_dir, kind, fraction)
+                cache = tempfile.mkdtemp(prefix="check_cache_", dir=work_dir)
+                measured = []
+                if log:
+                    log(f"datasets: {name} at {fraction:.0%}: check, cached check"
+                        + (", Detectron2 load" if load else ""))
+                measured.append(("check", run_isolated(_check, root, name, None, imports=_IMPORTS)))
+                run_isolated(_check, root, name, cache, imports=_IMPORTS)  # fills the cache
+                measured.append(("check, cached", run_isolated(_check, root, name, cache, imports=_IMPORTS)))
+                load_seconds = None
+                if load:
+                    m = run_isolated(_load, root, name, imports=_IMPORTS)
+                    measured.append(("Detectron2 load", m))
+                    load_seconds = None if m.error else m.seconds
+                rows += [_row(kind, fraction, info, step, m, load_seconds) for step, m in measured]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return rows
