@@ -16,7 +16,7 @@ patches nothing. Command: ``tools/pretrain_backbone.py`` (library entry :func:`p
 - ``training/``: the train loop, pre-run checks, optimiser and LR schedules, checkpoints, logs, kNN monitor.
 - ``checkpoints/``: reading any SSL ResNet checkpoint (MoCo, InfoMin, solo-learn, VISSL, ...) into a
   torchvision state dict: layouts, key names, architecture from shapes.
-- ``evaluation/``: frozen encoders and features, linear evaluation, MI estimation, the VINCE toy.
+- ``evaluation/``: frozen encoders and features, linear and kNN evaluation, MI estimation, the VINCE toy.
 - ``bench.py``: throughput of the training step and the data pipeline (``tools/bench_pretrain.py``).
 
 File formats: docs/artifacts.md.

@@ -3,7 +3,8 @@
 
     python tools/submit.py transfer [RESOURCES] --config-file configs/transfer/X.yaml [--resume] KEY VALUE ...
     python tools/submit.py pretrain [RESOURCES] --config-file configs/pretrain/X.yaml [--resume] KEY VALUE ...
-    python tools/submit.py sweep SWEEP.yaml [--output-root DIR] [--wait] [--rebuild-ledger] [RESOURCES]
+    python tools/submit.py sweep SWEEP.yaml [--output-root DIR] [--wait] [--rebuild-ledger] [--estimate [GPU]]
+                            [RESOURCES]
     python tools/submit.py status DIR
 
 RESOURCES: --cluster slurm|local|debug, --nodes, --gpus-per-node, --tasks-per-node, --cpus-per-task,
@@ -64,6 +65,9 @@ def build_parser():
     p.add_argument("--rebuild-ledger", action="store_true",
                    help="set an unreadable DIR/sweep.json aside and build a new ledger from the run folders "
                         "(finished runs are adopted as done)")
+    p.add_argument("--estimate", nargs="?", const="v100", metavar="GPU",
+                   help="print the GPU-hours and disk the sweep will take, from configs/costs/GPU.yaml "
+                        "(default v100); submit nothing")
     _resource_flags(p, sweep=True)
     p = sub.add_parser("status", help="the table of a sweep's ledger")
     p.add_argument("root", metavar="DIR", help="the sweep's output root (with sweep.json)")
@@ -97,6 +101,9 @@ def main(argv=None):
         elif args.command == "pretrain":
             from transfer.launch.submit import submit_pretrain
             submit_pretrain(rest, resources, dry_run=args.dry_run, wait=args.wait)
+        elif args.command == "sweep" and args.estimate:
+            from transfer.launch.estimate import print_estimate
+            print_estimate(args.sweep_file, args.estimate, resources, output_root=args.output_root)
         elif args.command == "sweep":
             from transfer.launch.sweep import run_sweep
             ledger = run_sweep(args.sweep_file, args.output_root, resources, dry_run=args.dry_run,

@@ -3,9 +3,12 @@
 :func:`run_demo` writes synthetic data in the real layouts, pretrains a tiny MoCo v2 ResNet-18 on the
 ImageNet-style folder, converts its checkpoint (verified), runs tiny Mask R-CNN R18-FPN transfers on the
 synthetic COCO for a random-init baseline and for the pretrained backbone, each fine-tuned and frozen,
-and writes the frozen-vs-fine-tuned table, plots and an HTML report. Pretraining and transfer run the
-``main`` behind ``tools/pretrain_backbone.py`` and ``tools/train_net.py`` in a subprocess (its log goes
-to the step's folder), so the demo exercises exactly what a user runs. A finished step is not repeated
+over several seeds, and writes the frozen-vs-fine-tuned table (n, 95% intervals, deltas marked only
+when beyond seed noise), plots and an HTML report, then says which deltas are beyond seed noise.
+Pretraining and transfer run the ``main`` behind ``tools/pretrain_backbone.py`` and
+``tools/train_net.py`` in subprocesses (their logs go to each step's folder), so the demo exercises
+exactly what a user runs; the transfer runs share the CPU cores, a few at a time with one thread each
+(small models use cores better side by side than split across threads). A finished step is not repeated
 when the demo runs again.
 """
 import os
@@ -21,6 +24,10 @@ from transfer.training.config import TINY_OVERRIDES
 
 REPO = REPO_ROOT
 TASK = "coco_mask_rcnn_R_50_FPN_1x"
+BASELINE = "random"
+PRETRAINED = "moco_v2_tiny"
+MODES = ("finetune", "frozen")
+MAX_JOBS = 4  # transfer runs side by side at most (each holds a model and its data in memory)
 
 
 @dataclass(frozen=True)
@@ -28,11 +35,14 @@ class DemoSize:
     images: int                # synthetic images per training split (and per ImageNet class)
     pretrain_iters: int
     pretrain_batch: int
-    transfer_iters: int
+    transfer_iters: int        # fine-tuned runs
+    frozen_iters: int          # frozen runs (only the heads train: cheaper per iteration)
+    seeds: tuple = (0, 1, 2)   # of every transfer row
+    moco_k: int = 1024         # MoCo's queue
 
 
-FULL = DemoSize(images=48, pretrain_iters=200, pretrain_batch=32, transfer_iters=300)
-QUICK = DemoSize(images=8, pretrain_iters=3, pretrain_batch=8, transfer_iters=2)
+FULL = DemoSize(images=48, pretrain_iters=200, pretrain_batch=32, transfer_iters=300, frozen_iters=300)
+QUICK = DemoSize(images=8, pretrain_iters=3, pretrain_batch=8, transfer_iters=2, frozen_iters=2, seeds=(0, 1))
 
 
 class DemoError(RuntimeError):
@@ -43,6 +53,11 @@ def _command(module, argv):
     """``python -c`` running ``module.main(argv)``: the command line of the tool that wraps it."""
     code = f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, *argv]
+
+
+def _tail(log_path):
+    with open(log_path, errors="replace") as f:
+        return ([line.rstrip() for line in f if line.strip()][-1:] or ["no output"])[0]
 
 
 def _run_logged(name, cmd, log_path, env, progress=None, total=None, say=print):
@@ -61,9 +76,7 @@ def _run_logged(name, cmd, log_path, env, progress=None, total=None, say=print):
                     say(f"      iteration {it + progress[2]}/{total}")
                     last = it
     if proc.returncode != 0:
-        with open(log_path, errors="replace") as f:
-            tail = [line.rstrip() for line in f if line.strip()][-1:] or ["no output"]
-        raise DemoError(f"{name} failed (exit {proc.returncode}): {tail[0]} (log: {log_path})")
+        raise DemoError(f"{name} failed (exit {proc.returncode}): {_tail(log_path)} (log: {log_path})")
 
 
 def _last_iteration(path, pattern):
@@ -72,9 +85,87 @@ def _last_iteration(path, pattern):
     return int(found[-1]) if found else None
 
 
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_parallel(jobs, env, max_jobs=None, say=print):
+    """Run ``jobs`` (name, command, log path) a few at a time, one thread each when there are as many as
+    cores; a failed job stops the others and raises :class:`DemoError` naming its log. Returns the
+    number of jobs run."""
+    cores = available_cores()
+    width = max(1, min(len(jobs), max_jobs or MAX_JOBS, cores))
+    threads = str(max(1, cores // width))
+    job_env = dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    pending, running, done = list(jobs), [], 0
+    try:
+        while pending or running:
+            while pending and len(running) < width:
+                name, cmd, log_path = pending.pop(0)
+                os.makedirs(os.path.dirname(log_path), exist_ok=True)
+                log = open(log_path, "w")
+                running.append((name, log_path, log, subprocess.Popen(cmd, cwd=REPO, env=job_env, stdout=log,
+                                                                       stderr=subprocess.STDOUT)))
+            time.sleep(1)
+            for job in list(running):
+                name, log_path, log, proc = job
+                if proc.poll() is None:
+                    continue
+                log.close()
+                running.remove(job)
+                if proc.returncode != 0:
+                    raise DemoError(f"{name} failed (exit {proc.returncode}): {_tail(log_path)} (log: {log_path})")
+                done += 1
+                say(f"    done {done}/{len(jobs)}: {name}")
+    finally:
+        for _, _, log, proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    return done
+
+
+def _transfer_job(runs_root, backbone, weights, mode, seed, size):
+    folder = run_dir(runs_root, TASK, backbone, mode, seed)
+    iters = size.frozen_iters if mode == "frozen" else size.transfer_iters
+    arch = [] if weights else ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    cmd = _command("transfer.training.train_net", [
+        "--config-file", os.path.join(REPO, "configs", "transfer", f"{TASK}.yaml"), *TINY_OVERRIDES, *arch,
+        "MODEL.WEIGHTS", weights, "TRANSFER.BACKBONE_NAME", backbone, "TRANSFER.MODE", mode,
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", str(min(50, iters)),
+        "SEED", str(seed), "OUTPUT_DIR", folder])
+    return f"{backbone}, {mode}, seed {seed} ({iters} iterations)", cmd, os.path.join(folder, "demo.log")
+
+
+def verdicts(tables, metric="AP"):
+    """One line per mode: the pretrained backbone's delta to random init in ``metric`` and whether it is
+    beyond seed noise (the test the table used, its p)."""
+    lines = []
+    for table in tables:
+        if table.task != TASK or table.family != "bbox" or metric not in table.metrics:
+            continue
+        row = next((r for r in table.our_rows() if r.backbone == PRETRAINED), None)
+        for mode in table.modes:
+            cell = row.cells.get((mode, metric)) if row else None
+            if cell is None or cell.delta is None or cell.comparison is None:
+                continue
+            c = cell.comparison
+            if c.p is None:
+                verdict = f"not tested ({c.description})"
+            else:
+                verdict = ("beyond seed noise" if c.significant else "within seed noise") + f" ({c.description})"
+            lines.append(f"{mode}: {PRETRAINED} vs {BASELINE}, box {metric} {cell.delta:+.{table.decimals}f} "
+                         f"over {cell.n} seeds: {verdict}")
+    return lines
+
+
 def run_demo(out_dir="output/demo", size=FULL, say=print):
     """Run the demo into ``out_dir``; return the report's files (see :func:`transfer.report.build_report`)."""
-    from transfer.report import build_report
+    from transfer.report import build_report, make_tables
     from transfer.data.synthetic import write_synthetic
 
     out_dir = os.path.abspath(out_dir)
@@ -98,7 +189,7 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
     if not os.path.isfile(checkpoint):
         cmd = _command("pretrain.training.train", [
             "--config-file", os.path.join(REPO, "configs", "pretrain", "moco_v2_R_50.yaml"),
-            "MODEL.ARCH", "resnet18", "INPUT.SIZE", "64", "MOCO.K", "1024",
+            "MODEL.ARCH", "resnet18", "INPUT.SIZE", "64", "MOCO.K", str(size.moco_k),
             "SOLVER.BATCH_SIZE", str(size.pretrain_batch), "SOLVER.MAX_ITER", str(size.pretrain_iters),
             "SOLVER.BASE_LR", "0.06", "SOLVER.REFERENCE_BATCH_SIZE", str(size.pretrain_batch),
             "DATA.ROOT", os.path.join(data_root, "imagenet"), "DATA.NUM_WORKERS", "1", "LOG_PERIOD", "10",
@@ -109,7 +200,7 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
         if not os.path.isfile(checkpoint):
             raise DemoError(f"pretraining wrote no {checkpoint} (log: {os.path.join(pre_dir, 'demo.log')})")
 
-    weights = os.path.join(out_dir, "weights", "moco_v2_tiny.pkl")
+    weights = os.path.join(out_dir, "weights", f"{PRETRAINED}.pkl")
     say(f"{elapsed()} 3/5 converting the checkpoint to Detectron2 weights (verified) -> {weights}")
     if not os.path.isfile(weights):
         from transfer.conversion.convert import ConversionError, convert
@@ -123,29 +214,22 @@ def run_demo(out_dir="output/demo", size=FULL, say=print):
             say("    " + line)
 
     runs_root = os.path.join(out_dir, "runs")
-    backbones = {"random": "", "moco_v2_tiny": weights}
-    jobs = [(b, w, m) for b, w in backbones.items() for m in ("finetune", "frozen")]
-    say(f"{elapsed()} 4/5 transfer: Mask R-CNN R18-FPN on the synthetic COCO, {len(jobs)} runs of "
-        f"{size.transfer_iters} iterations -> {runs_root}")
-    for i, (backbone, path, mode) in enumerate(jobs, 1):
-        folder = run_dir(runs_root, TASK, backbone, mode, 0)
-        say(f"    run {i}/{len(jobs)}: {backbone}, {mode}")
-        if os.path.isfile(os.path.join(folder, RESULTS_FILE)):
-            continue
-        arch = [] if path else ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
-        cmd = _command("transfer.training.train_net", [
-            "--config-file", os.path.join(REPO, "configs", "transfer", f"{TASK}.yaml"), *TINY_OVERRIDES, *arch,
-            "MODEL.WEIGHTS", path, "TRANSFER.BACKBONE_NAME", backbone, "TRANSFER.MODE", mode,
-            "SOLVER.MAX_ITER", str(size.transfer_iters), "SOLVER.WARMUP_ITERS", str(min(50, size.transfer_iters)),
-            "SEED", "0", "OUTPUT_DIR", folder])
-        log = os.path.join(folder, "demo.log")
-        _run_logged(f"train_net ({backbone}, {mode})", cmd, log, env, progress=(log, r"iter: (\d+)", 1),
-                    total=size.transfer_iters, say=say)
+    backbones = {BASELINE: "", PRETRAINED: weights}
+    jobs = [_transfer_job(runs_root, b, w, m, s, size) for b, w in backbones.items() for m in MODES
+            for s in size.seeds]
+    todo = [job for job in jobs if not os.path.isfile(os.path.join(os.path.dirname(job[2]), RESULTS_FILE))]
+    say(f"{elapsed()} 4/5 transfer: Mask R-CNN R18-FPN on the synthetic COCO, {len(jobs)} runs (2 backbones x "
+        f"fine-tuned {size.transfer_iters} / frozen {size.frozen_iters} iterations x {len(size.seeds)} seeds; "
+        f"{len(jobs) - len(todo)} done before) -> {runs_root}")
+    run_parallel(todo, env, say=say)
 
     say(f"{elapsed()} 5/5 table, plots and report -> {out_dir}")
-    files = build_report(runs_root, out_dir, baseline="random")
+    files = build_report(runs_root, out_dir, baseline=BASELINE)
+    _, tables = make_tables(runs_root, baseline=BASELINE)
     say("")
     say(files.markdown)
+    for line in verdicts(tables):
+        say(line)
     say(f"table: {files.table_md}\nreport: {files.report_html}\nplots: {', '.join(files.plots)}")
     say(f"done in {time.time() - start:.0f} s")
     return files

@@ -17,7 +17,8 @@ preemption would, to split a long run into jobs.
 
 Outputs in ``OUTPUT_DIR`` (formats in docs/artifacts.md): ``checkpoint_last.pth`` (every
 ``SOLVER.CHECKPOINT_PERIOD`` iterations, at every epoch end and when stopping), ``checkpoint_final.pth``
-(at the end), ``metrics.jsonl`` (one JSON object per logged step: ``iter``, ``epoch``, ``loss``, ``lr``,
+(at the end), ``checkpoint_epochXXXX.pth`` (with ``SOLVER.SNAPSHOT_EPOCHS`` K > 0: after every K-th epoch, kept for
+evaluations and never rewritten), ``metrics.jsonl`` (one JSON object per logged step: ``iter``, ``epoch``, ``loss``, ``lr``,
 ``mi_bound``, ``mi_ceiling``, ``images_per_sec``, ``data_time``, ...; and kNN lines with ``knn_top1``),
 TensorBoard scalars, ``log.txt`` and ``config.yaml``. ``--resume`` continues from ``checkpoint_last.pth``
 and reproduces the loss sequence of an uninterrupted run exactly on CPU (same seed, same number of

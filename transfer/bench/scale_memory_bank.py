@@ -15,7 +15,7 @@ from transfer.bench.isolated import run_isolated
 
 __all__ = ["bench_memory_bank", "HEADERS", "RECIPE"]
 
-HEADERS = ("op", "bank N", "work", "backend", "seconds", "peak MB", "per epoch (recipe)")
+HEADERS = ("op", "bank N", "work", "backend", "seconds", "added MB", "per epoch (recipe)")
 RECIPE = {"batch": 256, "neighbours": 4096, "clusters": 30000, "iterations": 20, "runs": 10}
 _IMPORTS = ("torch", "pretrain.methods.neighbours")
 
@@ -72,7 +72,7 @@ def bench_memory_bank(sizes, dim=128, clusters=1000, iters=5, threads=0, log=Non
             seconds, backend = m.result
             epoch_h = seconds * n / RECIPE["batch"] / 3600
             rows.append(("search", n, f"{RECIPE['batch']} queries, top {min(RECIPE['neighbours'], n)}", backend,
-                         f"{seconds:.3f}", f"{m.peak_mb:.0f}", f"{epoch_h:.2f} h ({n // RECIPE['batch']} steps)"))
+                         f"{seconds:.3f}", f"{m.added_mb:.0f}", f"{epoch_h:.2f} h ({n // RECIPE['batch']} steps)"))
         m = run_isolated(_kmeans, n, dim, clusters, iters, threads, imports=_IMPORTS)
         if m.error:
             rows.append(("k-means", n, "-", "-", "failed", "-", m.error[:80]))
@@ -81,5 +81,5 @@ def bench_memory_bank(sizes, dim=128, clusters=1000, iters=5, threads=0, log=Non
         k = min(clusters, n)
         recipe_h = seconds / iters * (RECIPE["clusters"] / k) * RECIPE["iterations"] * RECIPE["runs"] / 3600
         rows.append(("k-means", n, f"{k} clusters, {iters} iterations", backend, f"{seconds:.3f}",
-                     f"{m.peak_mb:.0f}", f"{recipe_h:.2f} h (extrapolated)"))
+                     f"{m.added_mb:.0f}", f"{recipe_h:.2f} h (extrapolated)"))
     return rows

@@ -16,7 +16,7 @@ from transfer.bench.isolated import run_isolated
 __all__ = ["bench_mi", "HEADERS"]
 
 HEADERS = ("images", "pairing", "image px", "critic steps", "features s", "critic s", "total s", "s per 1k images",
-           "peak MB")
+           "added MB")
 _IMPORTS = ("torch", "torchvision", "pretrain.evaluation.mi.encoder")
 
 
@@ -65,7 +65,7 @@ def bench_mi(sizes, image_size=224, iters=1000, threads=0, work_dir=None, log=No
                 total = timing["features_s"] + timing["estimate_s"]
                 rows.append((images, pairing, image_size, iters, f"{timing['features_s']:.1f}",
                              f"{timing['estimate_s']:.1f}", f"{total:.1f}", f"{1000 * total / images:.1f}",
-                             f"{m.peak_mb:.0f}"))
+                             f"{m.added_mb:.0f}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -18,7 +18,7 @@ from transfer.bench.isolated import run_isolated
 
 __all__ = ["write_results_tree", "bench_report", "HEADERS"]
 
-HEADERS = ("results.json", "output", "seconds", "ms/run", "peak MB")
+HEADERS = ("results.json", "output", "seconds", "ms/run", "added MB")
 TASKS = ("coco_mask_rcnn_R_50_FPN_1x", "coco_mask_rcnn_R_50_FPN_2x", "coco_mask_rcnn_R_50_C4_1x",
          "coco_mask_rcnn_R_50_C4_2x", "coco_cascade_mask_rcnn_R_50_FPN_1x")
 SEEDS = 5
@@ -89,7 +89,7 @@ def bench_report(sizes, work_dir=None, log=None):
                     rows.append((written, label, "failed", m.error[:80], "-"))
                     continue
                 rows.append((written, label, f"{m.seconds:.2f}", f"{1000 * m.seconds / written:.1f}",
-                             f"{m.peak_mb:.0f}"))
+                             f"{m.added_mb:.0f}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -23,7 +23,7 @@ from transfer.bench.isolated import run_isolated
 
 __all__ = ["DoneJob", "sweep_shape", "write_sweep", "bench_sweeps", "HEADERS"]
 
-HEADERS = ("runs", "checked configs", "step", "seconds", "ms/run", "peak MB")
+HEADERS = ("runs", "checked configs", "step", "seconds", "ms/run", "added MB")
 TASK = "coco_mask_rcnn_R_50_FPN_1x"
 _IMPORTS = ("transfer", "detectron2.data", "transfer.launch.sweep")
 
@@ -101,7 +101,7 @@ def bench_sweeps(sizes, work_dir=None, log=None):
                     rows.append((runs, backbones * 2, step, "failed", "-", m.error or f"{m.result} runs done"))
                     continue
                 rows.append((runs, backbones * 2, step, f"{m.seconds:.2f}", f"{1000 * m.seconds / runs:.1f}",
-                             f"{m.peak_mb:.0f}"))
+                             f"{m.added_mb:.0f}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

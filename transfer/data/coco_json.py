@@ -78,6 +78,8 @@ def _cut_polygons(data):
     polygons = b"|".join([seg for seg, _, _ in parts])
     if b" " in polygons:
         polygons = polygons.replace(b" ", b"")
+    if polygons.count(b"|") != len(parts) - 1:
+        return None  # a "|" of the file's own: not JSON
     rest = (key[:-2] + b"0").join([head, *(tail for _, _, tail in parts)])
     return rest, polygons, len(parts)
 

@@ -81,7 +81,7 @@ def _polygons(rng, n, heights, widths):
 
 def _crowd_rle(rng, h, w):
     """An uncompressed RLE of about 50 runs covering an ``h`` x ``w`` image (COCO's crowd format)."""
-    cuts = np.sort(rng.choice(np.arange(1, h * w), size=50, replace=False))
+    cuts = np.unique(rng.integers(1, h * w, size=50))
     counts = np.diff(np.concatenate([[0], cuts, [h * w]]))
     return {"counts": counts.tolist(), "size": [int(h), int(w)]}
 

@@ -32,7 +32,7 @@ from transfer.launch.resources import Resources, resolve_resources
 from transfer.launch.sweep_file import load_sweep
 
 __all__ = ["RunCost", "SweepEstimate", "count_parameters", "checkpoint_files", "evaluations", "estimate_sweep",
-           "format_estimate"]
+           "format_estimate", "print_estimate"]
 
 GB = 1e9
 BYTES_PER_VALUE = 4
@@ -241,3 +241,10 @@ def format_estimate(est):
     lines.append(f"- predictions: test images x TEST.DETECTIONS_PER_IMAGE x bytes per detection, an upper bound; "
                  f"{est.disk.kind}: {est.disk.source}")
     return "\n".join(lines) + "\n"
+
+
+def print_estimate(sweep_file, gpu="v100", resources=None, output_root=None, out=print):
+    """``tools/submit.py sweep FILE --estimate [GPU]``: :func:`estimate_sweep`, printed."""
+    est = estimate_sweep(sweep_file, gpu, resources, output_root)
+    out(format_estimate(est), end="")
+    return est

@@ -145,9 +145,12 @@ def submission(res, folder):
         return
     from submitit.core.utils import FailedJobError
 
-    base = _job_root(folder)
-    existed = os.path.isdir(base)
-    before = set(os.listdir(base)) if existed else set()
+    base = os.path.abspath(_job_root(folder))
+    before = set(os.listdir(base)) if os.path.isdir(base) else set()
+    top = None  # the outermost folder that submitit will create (base and its missing parents)
+    probe = base
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        top, probe = probe, os.path.dirname(probe)
     echo = io.StringIO()
     try:
         with contextlib.redirect_stderr(echo):
@@ -157,8 +160,12 @@ def submission(res, folder):
             for name in set(os.listdir(base)) - before:
                 if _TEMPORARY.match(name):
                     os.unlink(os.path.join(base, name))
-            if not existed and not os.listdir(base):
-                os.rmdir(base)
+            gone = base
+            while top is not None and not os.listdir(gone):  # the folders created for it, when left empty
+                os.rmdir(gone)
+                if gone == top:
+                    break
+                gone = os.path.dirname(gone)
         reason = _sbatch_reason(e)
         hint = ""
         if "gres" in reason.lower() or "generic resource" in reason.lower():
@@ -171,6 +178,8 @@ def submission(res, folder):
     except BaseException:
         sys.stderr.write(echo.getvalue())
         raise
+    else:
+        sys.stderr.write(echo.getvalue())  # whatever else was said while submitting
 
 
 def live_jobs_in(res, folder):

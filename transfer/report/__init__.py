@@ -12,6 +12,7 @@ Modules, one concept each: :mod:`~transfer.report.build` (the one assembly), :mo
 :mod:`~transfer.report.table` (the arithmetic), :mod:`~transfer.report.significance` (confidence intervals,
 the tests of the deltas, the power analysis), :mod:`~transfer.report.power` (the seeds-needed table),
 :mod:`~transfer.report.render` (markdown, CSV, LaTeX, HTML tables), :mod:`~transfer.report.plots` (PNGs),
+:mod:`~transfer.report.curves` (metrics and MI against the pretraining epoch: transfer curves),
 :mod:`~transfer.report.html` (the report file); published numbers come from :mod:`transfer.report.references`. The files read and written are described in
 docs/artifacts.md. The report reads artifacts only: it never imports Detectron2, torch or the trainer.
 """

@@ -4,7 +4,8 @@ Every format shows the same cells: mean +- sample std over n seeds with n, the 9
 of the mean (from 3 seeds on; a cell with fewer says so), the delta to the baseline in brackets with
 its sign, in bold (LaTeX and HTML: bold and coloured) only when it is beyond seed noise
 (:mod:`transfer.report.significance`), a dash for a missing cell and a dagger for a cell that excluded
-non-finite runs; published rows are marked as such and carry the spread and trials the paper reports.
+non-finite runs, a double dagger for a cell whose runs depart from the published protocol they claim
+(the reasons listed under the table); published rows are marked as such and carry the spread and trials the paper reports.
 CSV is one row per cell with exactly the columns :data:`CSV_COLUMNS`.
 """
 import csv
@@ -16,9 +17,10 @@ from transfer.report.table import FAMILY_LABELS, MODE_LABELS
 
 FORMATS = ("markdown", "csv", "latex", "html")
 CSV_COLUMNS = ("task", "family", "metric", "backbone", "mode", "n", "mean", "std", "ci_low", "ci_high", "delta",
-               "test", "p_value", "significant")
+               "test", "p_value", "significant", "off_protocol", "protocol_note")
 DASH = "\u2014"
 FLAG = "\u2020"  # dagger: non-finite runs excluded
+OFF = "\u2021"  # double dagger: runs that depart from the published protocol they claim
 PM = "\u00b1"
 FEW = "too few seeds"
 CI_PCT = f"{CONFIDENCE * 100:g}%"
@@ -31,7 +33,8 @@ LEGEND = (f"Cells: mean {PM} sample std over the n seeds, with the {CI_PCT} conf
           f"t-distribution, n-1 degrees of freedom); [delta] vs the baseline backbone of the same task and mode, "
           f"in bold only when beyond seed noise ({TEST_RULE}). A cell with fewer than {MIN_SEEDS} seeds says "
           f"\"{FEW}\": no CI and no test are claimed. {DASH}: no runs; {FLAG}: runs with non-finite values "
-          "excluded. Published rows are the papers' numbers, their deltas vs the paper's own baseline row; "
+          f"excluded; {OFF}: not the published protocol the config claims (a shortened schedule, another batch "
+          "without rescaling, a changed head...: the reasons are listed under the table). Published rows are the papers' numbers, their deltas vs the paper's own baseline row; "
           f"{PM} is the run-to-run std the authors report and n their number of trials, where they report "
           "them, and those deltas are tested with Welch's t-test from the reported statistics.")
 
@@ -56,9 +59,10 @@ def cell_parts(cell, row, table):
     if cell is None:
         return None if row.published else {"missing": True, "flag": False}
     parts = {"missing": False, "mean": "", "std": "", "n": "", "ci": None, "few": False, "flag": False,
-             "delta": "", "sig": False, "down": False, "why": ""}
+             "delta": "", "sig": False, "down": False, "why": "", "off": False}
     if not row.published:
         parts["flag"] = cell.flagged
+        parts["off"] = bool(cell.off_protocol)
         if cell.mean is None:
             parts["missing"] = True
             return parts
@@ -101,6 +105,12 @@ def table_notes(table):
         k = len(table.nonfinite)
         lines.append(f"non-finite values, not averaged in ({FLAG}): {k} run{'s' if k > 1 else ''}: "
                      + "; ".join(table.nonfinite))
+    if table.off_protocol:
+        lines.append(f"not the claimed published protocol ({OFF}), not comparable with the papers' rows: "
+                     + " | ".join(table.off_protocol))
+    if table.unrecorded:
+        lines.append("protocol not recorded (results.json from before protocols were recorded): "
+                     + "; ".join(table.unrecorded))
     lines.extend(table.notes)
     return lines
 
@@ -141,6 +151,8 @@ def _md_cell(parts):
         text += f" ({_seeds_note(parts)})"
     if parts["flag"]:
         text += FLAG
+    if parts["off"]:
+        text += OFF
     if parts["delta"]:
         text += f" **[{parts['delta']}]**" if parts["sig"] else f" [{parts['delta']}]"
     return text
@@ -187,6 +199,18 @@ def _significance_fields(cell):
             "significant": "" if comparison.p is None else ("yes" if comparison.significant else "no")}
 
 
+def _protocol_fields(cell, row):
+    """``off_protocol``: yes / no / empty (published rows, and runs that record no protocol);
+    ``protocol_note``: why (the departing runs' deviations), or ``protocol not recorded``."""
+    if row.published:
+        return {"off_protocol": "", "protocol_note": ""}
+    if cell.off_protocol:
+        return {"off_protocol": "yes", "protocol_note": " | ".join(cell.off_protocol)}
+    if cell.unrecorded_seeds:
+        return {"off_protocol": "", "protocol_note": "protocol not recorded"}
+    return {"off_protocol": "no", "protocol_note": ""}
+
+
 def csv_rows(tables):
     """The long-form rows (dicts keyed by :data:`CSV_COLUMNS`), one per cell of our runs with a run behind
     it, and one per published number (backbone ``published:PAPER TABLE:KEY``; n, std and the CI where the
@@ -209,6 +233,7 @@ def csv_rows(tables):
                         fields["backbone"] = f"published:{cell.reference.citation}:{cell.reference.backbone}"
                     else:
                         fields["backbone"] = row.backbone
+                    fields.update(_protocol_fields(cell, row))
                     out.append(fields)
     return out
 
@@ -225,7 +250,7 @@ def render_csv(tables, skipped=()):
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  DASH: "---", FLAG: r"$^\dagger$", PM: r"$\pm$", "\u2013": "--", "<": "$<$",
+                  DASH: "---", FLAG: r"$^\dagger$", OFF: r"$^\ddagger$", PM: r"$\pm$", "\u2013": "--", "<": "$<$",
                   ">": "$>$"}
 
 
@@ -253,6 +278,8 @@ def _latex_cell(parts):
         text += f" {{\\scriptsize [{parts['ci'][0]}, {parts['ci'][1]}]}}"
     if parts["flag"]:
         text += "$^\\dagger$"
+    if parts["off"]:
+        text += "$^\\ddagger$"
     if parts["delta"]:
         delta = f"({parts['delta']})"
         if parts["sig"]:
@@ -364,6 +391,8 @@ def _html_cell(parts):
         text += (f' <span class="ci" title="{CI_PCT} confidence interval of the mean">'
                  f'[{escape_html(parts["ci"][0])}&ndash;{escape_html(parts["ci"][1])}]</span>')
     text += flag
+    if parts["off"]:
+        text += f'<span class="flag" title="not the published protocol the config claims (see below)">{OFF}</span>'
     if parts["delta"]:
         cls = "delta sig" + (" down" if parts["down"] else "") if parts["sig"] else "delta"
         title = f' title="{escape_html(parts["why"])}"' if parts["why"] else ""

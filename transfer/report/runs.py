@@ -5,6 +5,11 @@ keys (schedule, batch, learning rate, weights, depth) become the run's configura
 a depth there, an ``arch`` string in the record (``R-18``: linear evaluation writes one) is the run's. A
 ``results.json`` that cannot be read or does not follow the schema is skipped with a reason, never
 fatal; so is a second record of the same (task, backbone, mode, seed).
+
+A transfer run's record also names the protocol it claims and every setting in which it departs from it
+(``protocol``, ``deviations``: :mod:`transfer.training.protocol`); :meth:`Run.protocol_alterations` are
+those that make its number something other than the claimed protocol's. Records written before these
+fields existed are read as ``deviations`` None: protocol not recorded.
 """
 import json
 import logging
@@ -18,6 +23,8 @@ from pretrain.common.runs import CONFIG_FILE, MODES, RESULTS_FILE
 from transfer.report.references import arch_from_config
 
 logger = logging.getLogger(__name__)
+
+DETECTION_FAMILIES = ("bbox", "segm", "keypoints")  # what Detectron2 transfer runs report
 
 # (label, path in the dumped config) of the per-run configuration summary
 CONFIG_SUMMARY = (("MAX_ITER", ("SOLVER", "MAX_ITER")), ("IMS_PER_BATCH", ("SOLVER", "IMS_PER_BATCH")),
@@ -44,6 +51,20 @@ class Run:
     commit: str = None
     config: dict = field(default_factory=dict)  # summary of config.yaml: {label: value}
     arch: str = None  # from config.yaml (the weights' meta sets the depth), None without one
+    protocol: str = None  # "<protocol>:<setting>" the run claims; None: none claimed, or not recorded
+    deviations: tuple = None  # ({key, expected, actual, why, documented, ...}, ...); None: not recorded
+
+    @property
+    def protocol_recorded(self):
+        """False for a transfer run whose results.json predates ``protocol``/``deviations`` (linear and kNN
+        evaluations, which have no Detectron2 protocol, count as recorded)."""
+        return self.deviations is not None or not set(self.metrics) & set(DETECTION_FAMILIES)
+
+    def protocol_alterations(self):
+        """The deviations that make this run's number not the claimed protocol's: all of them but a batch
+        changed under the linear scaling rule (same epochs; ``documented`` batch deviation)."""
+        return [d for d in self.deviations or ()
+                if not (d["key"] == "SOLVER.IMS_PER_BATCH" and d.get("documented"))]
 
     def value(self, family, metric):
         """The metric's value (maybe nan), or None when the run did not report it."""
@@ -109,9 +130,31 @@ def parse_record(record):
         except ValueError as e:
             raise ValueError(f"`metrics.{family}`: {e}") from None
     commit = record.get("commit")
-    return dict(backbone=record["backbone"], task=record["task"], mode=record["mode"], seed=seed,
+    protocol, deviations = _protocol_fields(record)
+    return dict(protocol=protocol, deviations=deviations, backbone=record["backbone"], task=record["task"], mode=record["mode"], seed=seed,
                 weights=str(record.get("weights") or ""), iterations=iterations, metrics=clean,
                 commit=str(commit) if commit else None)
+
+
+def _protocol_fields(record):
+    """(protocol, deviations) of a record; (None, None) for one written before they existed."""
+    if "deviations" not in record and "protocol" not in record:
+        return None, None
+    protocol, deviations = record.get("protocol"), record.get("deviations")
+    if protocol is not None and not isinstance(protocol, str):
+        raise ValueError(f"`protocol` is {protocol!r}, not a string or null")
+    if not isinstance(deviations, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("key"), str) for d in deviations):
+        raise ValueError("`deviations` missing or not a list of objects with a `key`")
+    return protocol or None, tuple(deviations)
+
+
+def deviation_text(deviation):
+    """``SOLVER.MAX_ITER 2 instead of 90000: shortened schedule`` (``, documented`` when the protocol's file
+    or the linear scaling rule explains it)."""
+    d = deviation
+    text = f"{d['key']} {d.get('actual')!r} instead of {d.get('expected')!r}: {d.get('why', 'changed setting')}"
+    return text + (" (documented)" if d.get("documented") else "")
 
 
 def read_config_summary(path):

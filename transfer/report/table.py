@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pretrain.common.runs import MODES
 from transfer.report.references import arch_of_task, select_references
+from transfer.report.runs import deviation_text
 from transfer.report.significance import MIN_SEEDS, compare, compare_summaries, t_interval
 
 MODE_LABELS = {"finetune": "fine-tuned", "frozen": "frozen"}
@@ -54,6 +55,9 @@ class Cell:
     delta: float = None  # mean minus the baseline's mean; None without a baseline (0.0 for the baseline)
     ci: tuple = None  # (low, high): 95% t-interval of the mean; None below MIN_SEEDS seeds
     comparison: object = None  # significance.Comparison of the delta; None for the baseline / no baseline
+    # runs that depart from the protocol they claim (Run.protocol_alterations): "seed 0 (claims P): why; why"
+    off_protocol: tuple = ()
+    unrecorded_seeds: tuple = ()  # seeds of runs whose results.json records no protocol (older results)
 
     @property
     def n(self):
@@ -123,6 +127,9 @@ class Table:
     missing: list = field(default_factory=list)  # ["supervised frozen (seeds 0, 1)", "moco fine-tuned seed 2"]
     missing_runs: int = 0  # runs the missing entries stand for (a cell without runs: the seeds others ran, or 1)
     nonfinite: list = field(default_factory=list)  # ["moco fine-tuned seed 1 (AP, AP50)"]
+    # per (backbone, mode) whose runs depart from their claimed protocol: "moco fine-tuned (claims P): seed 0: why"
+    off_protocol: list = field(default_factory=list)
+    unrecorded: list = field(default_factory=list)  # ["moco frozen seeds 0, 1"]: protocol not recorded
     notes: list = field(default_factory=list)  # other remarks (baseline without runs, similar-task refs)
     decimals: int = 1  # of our cells
     published_decimals: int = 1  # of published cells: the papers print one decimal
@@ -197,6 +204,7 @@ def build_table(task, family, runs, modes, metrics, baseline=None, references=No
                 for metric in metrics:
                     row.cells[(mode, metric)] = None
                 continue
+            off, unrecorded = _protocol_notes(table, backbone, mode, with_family)
             missing = sorted(expected[mode] - {r.seed for r in with_family})
             table.missing_runs += len(missing)
             table.missing.extend(f"{backbone} {MODE_LABELS[mode]} seed {s}" for s in missing)
@@ -214,7 +222,8 @@ def build_table(task, family, runs, modes, metrics, baseline=None, references=No
                 row.cells[(mode, metric)] = Cell(task=task, family=family, metric=metric, backbone=backbone, mode=mode,
                                                  values=values, seeds=tuple(s for s, _ in finite),
                                                  nonfinite_seeds=nonfinite, missing_seeds=tuple(missing),
-                                                 mean=mean, std=std, ci=ci)
+                                                 mean=mean, std=std, ci=ci, off_protocol=off,
+                                                 unrecorded_seeds=unrecorded)
             table.nonfinite.extend(f"{backbone} {MODE_LABELS[mode]} seed {s} ({', '.join(ms)})"
                                    for s, ms in sorted(bad.items()))
         table.rows.append(row)
@@ -228,6 +237,19 @@ def build_table(task, family, runs, modes, metrics, baseline=None, references=No
         numbers = [c.mean for row in table.published_rows() for c in row.cells.values() if c is not None]
     table.decimals = auto_decimals(numbers)
     return table
+
+
+def _protocol_notes(table, backbone, mode, runs):
+    """Note the runs of one (backbone, mode) that depart from their claimed protocol, or record none, in
+    ``table``; returns (per departing run its seed, claim and reasons; the seeds without a record) for the cells."""
+    off = tuple(f"seed {r.seed} (claims {r.protocol}): " + "; ".join(map(deviation_text, r.protocol_alterations()))
+                for r in runs if r.protocol_alterations())
+    unrecorded = tuple(r.seed for r in runs if not r.protocol_recorded)
+    who = f"{backbone} {MODE_LABELS[mode]}"
+    table.off_protocol.extend(f"{who} {text}" for text in off)
+    if unrecorded:
+        table.unrecorded.append(f"{who} seed{'s' if len(unrecorded) > 1 else ''} {', '.join(map(str, unrecorded))}")
+    return off, unrecorded
 
 
 def _apply_deltas(table, baseline):

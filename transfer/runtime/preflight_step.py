@@ -95,7 +95,7 @@ def time_step(config_file, opts=(), device="cuda", amp=True, images=2, height=80
             total = sum(loss_dict.values())
             if not torch.isfinite(total):
                 raise FloatingPointError(f"non-finite loss at step {step}: "
-                                         + ", ".join(f"{k} {float(v):.3g}" for k, v in loss_dict.items()))
+                                         + ", ".join(f"{k} {float(v.detach()):.3g}" for k, v in loss_dict.items()))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(total).backward()
@@ -108,7 +108,7 @@ def time_step(config_file, opts=(), device="cuda", amp=True, images=2, height=80
                 torch.cuda.synchronize(device)
             if step >= warmup:
                 seconds.append(time.perf_counter() - start)
-            losses = {k: float(v) for k, v in loss_dict.items()}
+            losses = {k: float(v.detach()) for k, v in loss_dict.items()}
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
     return StepResult(seconds, images, peak, losses)
 

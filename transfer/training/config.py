@@ -23,6 +23,7 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from pretrain.checkpoints.arch import ARCH_KEYS, STRIDE_KEY
 from pretrain.common.safe_load import CheckpointError, read_checkpoint
 from pretrain.common.yamlio import DuplicateKeyError, load_yaml
 from transfer.training.heads import C4_HEADS  # importing it registers the project's C4 head
@@ -116,6 +117,10 @@ def lint_config_file(path, _chain=()):
 
 
 # -------------------------------------------------------------------------------------- weights meta
+
+# the only keys a weights file's meta["cfg"] may set: what the backbone is and how its input is encoded
+# (anything else, e.g. MODEL.WEIGHTS or OUTPUT_DIR, would let a weights file redirect a run)
+META_KEYS = (*ARCH_KEYS, STRIDE_KEY, "INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
 
 def read_weights_meta(path):
     """``meta`` of a Detectron2 weights .pkl written by the converter ({} for other files)."""
@@ -287,6 +292,14 @@ def _build_before_hardware(config_file, opts, weights_meta):
                        "converter (convert_backbone) set them")
     meta_cfg = meta.get("cfg", {})
 
+    if not isinstance(meta_cfg, dict):
+        raise ConfigError(f"MODEL.WEIGHTS {weights}: meta['cfg'] is a {type(meta_cfg).__name__}, not a dict of "
+                          "config keys")
+    refused = sorted(set(meta_cfg) - set(META_KEYS))
+    if refused:
+        raise ConfigError(f"MODEL.WEIGHTS {weights}: meta['cfg'] may set only the backbone's architecture and pixel "
+                          f"format, not {', '.join(map(str, refused))}; re-convert the checkpoint with "
+                          "tools/convert_backbone.py")
     changed = []
     for key, value in meta_cfg.items():
         try:

@@ -31,6 +31,7 @@ keypoint head over its visible keypoints (``NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS`
 """
 import contextlib
 import logging
+import types
 
 import numpy as np
 import torch
@@ -118,8 +119,7 @@ class PerImageRNG:
     seeds (dicts from another loader), :meth:`image` leaves the process's RNG as it is.
     """
 
-    def __init__(self, device):
-        self.device = torch.device(device)
+    def __init__(self):
         self.seeds = None
         self.calls = {}
 
@@ -129,7 +129,9 @@ class PerImageRNG:
         self.calls = {}
 
     @contextlib.contextmanager
-    def image(self, stage):
+    def image(self, stage, device):
+        """The body draws from the CPU RNG and ``device``'s RNG seeded for the next image of ``stage``;
+        both RNGs are as before afterwards."""
         if self.seeds is None:
             yield
             return
@@ -138,8 +140,8 @@ class PerImageRNG:
             raise RuntimeError(f"{stage} sampled more images than the batch has ({len(self.seeds)})")
         self.calls[stage] = number + 1
         seed = int(np.random.SeedSequence([self.seeds[number], SAMPLING_STAGES[stage]]).generate_state(1)[0])
-        cuda = self.device.type == "cuda"
-        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
+        cuda = device.type == "cuda"
+        index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
         with torch.random.fork_rng(devices=[index] if cuda else []):
             torch.default_generator.manual_seed(seed)
             if cuda:
@@ -148,12 +150,25 @@ class PerImageRNG:
             yield
 
 
-def _seeded(method, rng, stage):
-    def sample(*args, **kwargs):
-        with rng.image(stage):
-            return method(*args, **kwargs)
+# Bound to the model, the RPN and the ROI heads as methods of those instances (types.MethodType, so that a
+# deep copy of the model is bound to the copy); each calls its class's own method.
 
-    return sample
+def _preprocess_image(self, batched_inputs):
+    images = type(self).preprocess_image(self, batched_inputs)
+    if not self.training:
+        return images
+    self.per_image_rng.start(batched_inputs)
+    return pad_to_global_batch(images) if self.pad_to_global_batch else images
+
+
+def _subsample_labels(self, label):
+    with self.per_image_rng.image("rpn", label.device):
+        return type(self)._subsample_labels(self, label)
+
+
+def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+    with self.per_image_rng.image("roi_heads", matched_idxs.device):
+        return type(self)._sample_proposals(self, matched_idxs, matched_labels, gt_classes)
 
 
 def global_image_size(images):
@@ -183,26 +198,20 @@ def make_global_batch_model(model, cfg):
     """
     if cfg.MODEL.DEVICE == "cpu":
         replace_naive_sync_bn(model)
-    preprocess = getattr(model, "preprocess_image", None)
-    rpn = getattr(model, "proposal_generator", None)
-    roi_heads = getattr(model, "roi_heads", None)
-    if preprocess is None:
+    if not hasattr(model, "preprocess_image"):
         logger.warning(f"{type(model).__name__} has no preprocess_image: its padding and sampling depend on "
                        "the number of processes")
         return model
-    rng = PerImageRNG(cfg.MODEL.DEVICE)
-    pad = bool(cfg.TRANSFER.PAD_TO_GLOBAL_BATCH)
-
-    def preprocess_image(batched_inputs):
-        images = preprocess(batched_inputs)
-        if not model.training:
-            return images
-        rng.start(batched_inputs)
-        return pad_to_global_batch(images) if pad else images
-
-    model.preprocess_image = preprocess_image
+    rng = PerImageRNG()
+    model.per_image_rng = rng
+    model.pad_to_global_batch = bool(cfg.TRANSFER.PAD_TO_GLOBAL_BATCH)
+    model.preprocess_image = types.MethodType(_preprocess_image, model)
+    rpn = getattr(model, "proposal_generator", None)
     if rpn is not None and hasattr(rpn, "_subsample_labels"):
-        rpn._subsample_labels = _seeded(rpn._subsample_labels, rng, "rpn")
+        rpn.per_image_rng = rng
+        rpn._subsample_labels = types.MethodType(_subsample_labels, rpn)
+    roi_heads = getattr(model, "roi_heads", None)
     if roi_heads is not None and hasattr(roi_heads, "_sample_proposals"):
-        roi_heads._sample_proposals = _seeded(roi_heads._sample_proposals, rng, "roi_heads")
+        roi_heads.per_image_rng = rng
+        roi_heads._sample_proposals = types.MethodType(_sample_proposals, roi_heads)
     return model

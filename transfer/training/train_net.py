@@ -2,6 +2,7 @@
 
     python tools/train_net.py --config-file configs/transfer/<name>.yaml [--num-gpus N]
         [--num-machines M --machine-rank R --dist-url URL] [--eval-only] [--resume] KEY VALUE ...
+    python tools/train_net.py --config-file ... --print-config [--reference | --num-gpus N] KEY VALUE ...
 
 Detectron2's argument conventions. Before any model is built this checks the config (duplicate keys,
 the weights' meta, the mode) and the datasets it names; errors end with one line and exit code 2.
@@ -15,7 +16,6 @@ import random
 import sys
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 
@@ -24,11 +24,14 @@ from pretrain.common.cli import ArgumentParser, one_line_errors
 from pretrain.common.runs import backbone_label, results_record, run_dir, write_results
 from transfer.data.datasets import DatasetError, register_from_config
 from transfer.data.validate import check_run_data
-from transfer.training.config import ConfigError, build_config
+from pretrain.common.safe_load import CheckpointError
+from transfer.training.checkpointer import CheckpointWriteError, SafeCheckpointer
+from transfer.training.config import ConfigError, build_config, effective_config_text, reference_config
+from transfer.training.protocol import describe, protocol_fields
 from transfer.training.trainer import TransferTrainer
 
 __all__ = ["PROG", "argument_parser", "parse_args", "prepare", "run", "join_process_group",
-           "run_in_process_group", "main", "task_name", "default_output_dir"]
+           "run_in_process_group", "main", "task_name", "default_output_dir", "config_report"]
 
 logger = logging.getLogger("transfer.training.train_net")
 PROG = "train_net"
@@ -43,6 +46,9 @@ def argument_parser():
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config (configs/transfer/)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS without training")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow full unpickling of MODEL.WEIGHTS and resume checkpoints (can run code from the "
+                             "file: only for files you trust)")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine (one per GPU; CPU processes with gloo without GPUs)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines of the job")
@@ -50,6 +56,13 @@ def argument_parser():
     parser.add_argument("--dist-url", default="auto",
                         help="rendezvous of the processes, e.g. tcp://HOST:PORT of machine 0 "
                              "(default auto: a free port on this machine)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the run's effective config (after the weights' meta, the mode and the "
+                             "overrides) for --num-gpus x --num-machines processes, with the protocol it "
+                             "claims and every deviation from it, and exit (reads no data, builds no model)")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --print-config: for the config's reference hardware (SOLVER.REFERENCE_WORLD_SIZE "
+                             "processes with CUDA, the published 8 GPUs) instead")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return parser
 
@@ -61,7 +74,9 @@ def parse_args(argv=None):
         parser.error("--num-gpus and --num-machines must be >= 1 and --machine-rank in [0, --num-machines)")
     if args.dist_url == "auto" and args.num_machines > 1:
         parser.error("--dist-url auto works on one machine only; give tcp://HOST:PORT")
-    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+    if args.reference and not args.print_config:
+        parser.error("--reference goes with --print-config")
+    if not args.print_config and torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
         parser.error(f"--num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} GPUs")
     return args
 
@@ -76,10 +91,25 @@ def default_output_dir(cfg, task):
     return run_dir(DEFAULT_OUTPUT_DIR, task, backbone, cfg.TRANSFER.MODE, cfg.SEED)
 
 
+def config_report(args):
+    """``--print-config``: the effective config and the protocol lines (claim, deviations) as text.
+
+    For ``--num-gpus`` x ``--num-machines`` processes on this machine's devices, or with ``--reference``
+    for the config's reference hardware. Reads the config files and the weights' meta only."""
+    world_size = args.num_gpus * args.num_machines
+    text = effective_config_text(args.config_file, args.opts, world_size=world_size, reference=args.reference)
+    if args.reference:
+        cfg = reference_config(args.config_file, args.opts)
+    else:
+        cfg = build_config(args.config_file, args.opts, world_size=world_size)
+    return text + describe(cfg)
+
+
 def prepare(args, world_size):
     """Build and check the effective config in the launching process (fail fast, before spawning)."""
     opts = list(args.opts)
     cfg = build_config(args.config_file, opts, world_size=world_size)
+    protocol_fields(cfg)  # the claimed protocol exists and is one of this mode's (one line otherwise)
     if cfg.SEED < 0:
         # one seed for all processes, recorded in config.yaml and results.json
         opts += ["SEED", str(random.SystemRandom().randrange(2**31))]
@@ -105,10 +135,13 @@ def run(args, opts):
     default_setup(cfg, args)
     if args.eval_only:
         model = TransferTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.trust_pickle = getattr(args, "trust_pickle", False)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         metrics = TransferTrainer.test(cfg, model)
     else:
         trainer = TransferTrainer(cfg)
+        trainer.checkpointer.trust_pickle = getattr(args, "trust_pickle", False)
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         # the evaluation hook evaluates after the last iteration and keeps the numbers here
@@ -118,7 +151,8 @@ def run(args, opts):
     if comm.is_main_process():
         record = results_record(backbone=backbone_label(cfg.TRANSFER.BACKBONE_NAME, cfg.MODEL.WEIGHTS),
                                 task=task_name(args.config_file), mode=cfg.TRANSFER.MODE, seed=cfg.SEED,
-                                weights=cfg.MODEL.WEIGHTS, iterations=cfg.SOLVER.MAX_ITER, metrics=metrics or {})
+                                weights=cfg.MODEL.WEIGHTS, iterations=cfg.SOLVER.MAX_ITER, metrics=metrics or {},
+                                **protocol_fields(cfg))
         logger.info(f"wrote {write_results(cfg.OUTPUT_DIR, record)}")
     return metrics
 
@@ -174,7 +208,10 @@ def main(argv=None):
     """``tools/train_net.py``: returns the exit status (2: a one-line error; 1: stopped by non-finite values)."""
     args = parse_args(argv)
     try:
-        with one_line_errors(PROG, ConfigError, DatasetError):
+        with one_line_errors(PROG, ConfigError, DatasetError, CheckpointError, CheckpointWriteError):
+            if args.print_config:
+                print(config_report(args), end="")
+                return 0
             opts = prepare(args, args.num_gpus * args.num_machines)
             du.launch(_process, args=(args, opts), num_local=args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, url=None if args.dist_url == "auto" else args.dist_url)
@@ -185,10 +222,12 @@ def main(argv=None):
     except torch.multiprocessing.ProcessRaisedException as e:
         # a worker process failed; a non-finite loss is the one failure a user can act on directly
         message = next((line for line in str(e).splitlines() if "FloatingPointError" in line), None)
-        broken = next((line for line in reversed(str(e).splitlines()) if "DatasetError: " in line), None)
-        if message is None and broken is not None:  # data found broken during the run (an unreadable image)
-            print(f"{PROG}: error: {broken.split('DatasetError: ', 1)[1].strip()}", file=sys.stderr)
-            return 2
+        for error in ("DatasetError", "CheckpointError", "CheckpointWriteError"):
+            # data found broken during the run (an unreadable image), a refused or unwritable checkpoint
+            broken = next((line for line in reversed(str(e).splitlines()) if f"{error}: " in line), None)
+            if message is None and broken is not None:
+                print(f"{PROG}: error: {broken.split(f'{error}: ', 1)[1].strip()}", file=sys.stderr)
+                return 2
         if message is None:
             raise
         return _stopped(message.split(":", 1)[1].strip())

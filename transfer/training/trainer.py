@@ -24,6 +24,7 @@ from fvcore.nn.precise_bn import get_bn_modules
 from transfer.runtime.coco_eval import has_faster_coco_eval
 from transfer.data.loader import build_resumable_train_loader
 from transfer.data.unreadable import SkippingLoader, SkipUnreadable, StopOnUnreadable
+from transfer.training.checkpointer import make_safe
 from transfer.training.global_batch import make_global_batch_model
 from pretrain.common.fileio import write_json_atomic
 
@@ -126,6 +127,10 @@ def _set_rng_state(state):
 
 
 class TransferTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        make_safe(self.checkpointer)  # safe reads, atomic writes; train_net sets trust_pickle
+
     @classmethod
     def build_model(cls, cfg):
         # a training step that depends on the global batch only, not on the number of processes

@@ -67,6 +67,10 @@ def curve_sweep(tmp_path, imagenet, curves=None, cluster="debug", **extra):
     return str(path)
 
 
+def knn_only(imagenet):
+    return {"knn": {"tiny": eval_entry(imagenet, "KNN.K", "10")}}
+
+
 def touch_snapshots(root, backbone, *epochs):
     folder = os.path.join(root, "pretrain", backbone)
     os.makedirs(folder, exist_ok=True)
@@ -246,13 +250,15 @@ def _children(pid):
     return out
 
 
-def _requeue_when(path, job_id, interrupt, deadline, logs):
-    """Once ``path`` exists, send ``interrupt(job_id)`` (what a time limit or a preemption sends); returns the
-    inode of ``path`` then."""
-    while not os.path.exists(path):
-        assert time.time() < deadline, f"no {path}\n{logs()}"
+def _requeue_in_epoch_2(folder, job_id, interrupt, deadline, logs):
+    """Once the first checkpoint is kept and the run's resumable checkpoint written after it (epoch 2 is under
+    way), send ``interrupt(job_id)`` (what a time limit or a preemption sends); returns the kept checkpoint's
+    inode then."""
+    kept, last = os.path.join(folder, "checkpoint_epoch0001.pth"), os.path.join(folder, "checkpoint_last.pth")
+    while not (os.path.exists(kept) and os.path.exists(last)):
+        assert time.time() < deadline, f"no {kept}\n{logs()}"
         time.sleep(0.05)
-    inode = os.stat(path).st_ino
+    inode = os.stat(kept).st_ino
     interrupt(job_id)
     return inode
 
@@ -273,7 +279,8 @@ def _check_curves(root, ledger, inode):
     assert os.stat(os.path.join(folder, "checkpoint_epoch0001.pth")).st_ino == inode  # never rewritten
     with open(os.path.join(folder, "log.txt")) as f:
         log = f.read()
-    assert log.count("resumed from") + log.count("nothing to do") == 1, log  # the requeued job continued
+    # the requeued job continued from its checkpoint (in epoch 2, or after training when the signal came late)
+    assert log.count("resumed from") + log.count("nothing to do") == 1, log
     for rid in curve_ids - {"pretrain/moco@ep1", "pretrain/moco@ep2"}:
         with open(os.path.join(root, rid, "results.json")) as f:
             record = json.load(f)
@@ -300,7 +307,7 @@ def test_curves_end_to_end_on_the_local_executor_with_a_requeued_pretraining(tmp
     """Two checkpoints, two evaluations each (kNN; conversion then a frozen Detectron2 run), all real jobs on
     the local executor: the pretraining job is signalled as a time limit or a preemption would once its first
     checkpoint is kept, requeues and continues; its watcher submits every run once, all results land."""
-    path = curve_sweep(tmp_path, small_imagenet, cluster="local")
+    path = curve_sweep(tmp_path, small_imagenet, cluster="local", evaluations=knn_only(small_imagenet))
     root = str(tmp_path / "out")
     ledger = run_sweep(path, root, poll_s=0.5, out=quiet)
     pre = ledger.record("pretrain/moco")
@@ -316,8 +323,8 @@ def test_curves_end_to_end_on_the_local_executor_with_a_requeued_pretraining(tmp
     def logs():
         return "\n".join(open(p).read()[-3000:] for p in (pre["stdout"], pre["stderr"]) if os.path.exists(p))
 
-    inode = _requeue_when(os.path.join(root, "pretrain", "moco", "checkpoint_epoch0001.pth"), pre["job_id"],
-                          usr2_to_the_task, time.time() + TIMEOUT, logs)
+    inode = _requeue_in_epoch_2(os.path.join(root, "pretrain", "moco"), pre["job_id"], usr2_to_the_task,
+                                time.time() + TIMEOUT, logs)
     ledger = run_sweep(path, root, wait=True, poll_s=0.5, timeout_s=TIMEOUT, out=quiet)
     with open(pre["stdout"]) as f:
         assert f"Requeued job {pre['job_id']}" in f.read(), logs()
@@ -329,7 +336,7 @@ def test_curves_end_to_end_on_slurm_with_a_requeued_pretraining(tmp_path, synthe
                                                                 jobs_one_thread):
     """The same on a real SLURM: the watcher is a job of its own, the Detectron2 runs wait on their conversion
     with afterok, the pretraining job is requeued by USR2 as at its time limit."""
-    path = curve_sweep(tmp_path, small_imagenet, cluster="slurm")
+    path = curve_sweep(tmp_path, small_imagenet, cluster="slurm", evaluations=knn_only(small_imagenet))
     root = str(tmp_path / "out")
     ledger = run_sweep(path, root, poll_s=1, out=quiet)
     pre = ledger.record("pretrain/moco")
@@ -341,10 +348,29 @@ def test_curves_end_to_end_on_slurm_with_a_requeued_pretraining(tmp_path, synthe
     def usr2(job_id):
         subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True, timeout=60)
 
-    inode = _requeue_when(os.path.join(root, "pretrain", "moco", "checkpoint_epoch0001.pth"), pre["job_id"], usr2,
-                          time.time() + TIMEOUT, logs)
+    inode = _requeue_in_epoch_2(os.path.join(root, "pretrain", "moco"), pre["job_id"], usr2, time.time() + TIMEOUT,
+                                logs)
     ledger = run_sweep(path, root, wait=True, poll_s=1, timeout_s=TIMEOUT, out=quiet)
     slurm.ids.extend(r["job_id"] for r in ledger.runs if r["job_id"])
     with open(pre["stdout"]) as f:
         assert f"Requeued job {pre['job_id']}" in f.read(), logs()
     _check_curves(root, ledger, inode)
+
+
+def test_shipped_curves_sweep_checks(synthetic_root, tmp_path, monkeypatch):
+    """configs/sweeps/curves_tiny.yaml: its curves entry, and every run it will have checked on the synthetic data."""
+    from transfer.launch.grid import check_runs, expand
+    from transfer.launch.sweep import resource_groups
+
+    root, _ = synthetic_root
+    monkeypatch.chdir(tmp_path)
+    os.symlink(root, tmp_path / "datasets_synthetic")
+    sweep = load_sweep(os.path.join(REPO_ROOT, "configs", "sweeps", "curves_tiny.yaml"))
+    c = sweep.curves
+    assert (c.every, c.knn, c.linear, c.mi, c.tasks, c.modes) == (
+        1, ("imagenet",), ("imagenet",), ("views",), (VOC,), ("frozen", "finetune"))
+    assert {b: s.method for b, s in sweep.pretrain.items()} == {"moco": "moco", "ir": "ir"}
+    groups = resource_groups(sweep)
+    assert (groups["watch"].gpus_per_node, groups["watch"].tasks, groups["watch"].cluster) == (0, 1, "local")
+    out = str(tmp_path / "out")
+    check_runs(expand(sweep, out) + curve_templates(sweep, out), groups["transfer"], groups)

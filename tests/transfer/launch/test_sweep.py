@@ -93,7 +93,8 @@ def test_shipped_sweeps(synthetic_root):
                 "demo.yaml": (2, 1, ["finetune", "frozen"], 2, "Table"),
                 "wu2020_table2.yaml": (5, 6, ["frozen"], 1, "Table 2"),
                 "infomin_reverse_u.yaml": (0, 14, ["frozen"], 1, "Fig. 5"),
-                "infomin_reverse_u_tiny.yaml": (0, 7, ["frozen"], 1, "Fig. 5")}
+                "infomin_reverse_u_tiny.yaml": (0, 7, ["frozen"], 1, "Fig. 5"),
+                "curves_tiny.yaml": (0, 2, ["frozen"], 1, "Transfer curves")}
     assert sorted(f for f in os.listdir(SWEEPS) if f.endswith(".yaml")) == sorted(expected)
     for name, (tasks, backbones, modes, seeds, table) in expected.items():
         with open(os.path.join(SWEEPS, name)) as f:

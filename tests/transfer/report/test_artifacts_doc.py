@@ -6,7 +6,7 @@ from pretrain.common.paths import REPO_ROOT
 
 DOC = os.path.join(REPO_ROOT, "docs", "artifacts.md")
 FILE_CONSTANTS = ("RESULTS_FILE", "METRICS_FILE", "MI_FILE", "LEDGER_FILE", "CONFIG_FILE", "WEIGHTS_FILE",
-                  "CHECKPOINT_LAST", "CHECKPOINT_FINAL")
+                  "CHECKPOINT_LAST", "CHECKPOINT_FINAL", "CURVES_FILE")
 
 
 def _doc():

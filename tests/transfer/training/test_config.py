@@ -88,6 +88,37 @@ def test_weights_meta_is_applied_and_contradictions_refused(tmp_path):
     build_config(cfg_file, ["MODEL.WEIGHTS", weights, "MODEL.RESNETS.DEPTH", "18"], has_cuda=False)
 
 
+@pytest.mark.parametrize("key, value", [("MODEL.WEIGHTS", "/tmp/evil.pkl"), ("OUTPUT_DIR", "/tmp/elsewhere"),
+                                        ("SOLVER.BASE_LR", 10.0)])
+def test_weights_meta_may_set_only_architecture_and_pixel_format(tmp_path, key, value):
+    cfg_file = os.path.join(REPO, "configs", "transfer", "coco_mask_rcnn_R_50_FPN_1x.yaml")
+    weights = _weights(tmp_path)
+    with open(weights, "rb") as f:
+        data = pickle.load(f)
+    data["meta"]["cfg"][key] = value
+    with open(weights, "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(ConfigError, match=f"meta\\['cfg'\\] may set only .*not {key}") as e:
+        build_config(cfg_file, ["MODEL.WEIGHTS", weights], has_cuda=False)
+    assert "\n" not in str(e.value)
+
+
+def test_converted_weights_meta_passes_the_key_check(tmp_path):
+    """What the converter writes is exactly what the config accepts (both directions of the contract)."""
+    import torchvision
+
+    from transfer.conversion.convert import convert
+
+    torch_state = torchvision.models.resnet18().state_dict()
+    import torch
+
+    torch.save(torch_state, tmp_path / "tv.pth")
+    convert(str(tmp_path / "tv.pth"), str(tmp_path / "r18.pkl"), verify=False)
+    cfg_file = os.path.join(REPO, "configs", "transfer", "coco_mask_rcnn_R_50_FPN_1x.yaml")
+    cfg = build_config(cfg_file, ["MODEL.WEIGHTS", str(tmp_path / "r18.pkl")], has_cuda=False)
+    assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.INPUT.FORMAT == "RGB"
+
+
 def test_modes_put_syncbn_where_the_protocols_do():
     fpn = os.path.join(REPO, "configs", "transfer", "coco_mask_rcnn_R_50_FPN_1x.yaml")
     c4 = os.path.join(REPO, "configs", "transfer", "voc_faster_rcnn_R_50_C4_24k.yaml")

@@ -20,8 +20,9 @@ def _inputs():
             (torch.randn(2, CHANNELS, 5, 4, generator=g) + 0.5, torch.zeros(0, CHANNELS, 5, 4))]
 
 
-def _weights_of_output(n):
-    return torch.linspace(-1, 1, n * CHANNELS * 20).reshape(n, CHANNELS, 5, 4)
+def _weights_of_output(place, n):
+    """Loss weights of global places ``place`` to ``place + n - 1`` (one fixed tensor sliced)."""
+    return torch.linspace(-1, 1, 8 * CHANNELS * 20).reshape(8, CHANNELS, 5, 4)[place:place + n]
 
 
 def _norm(cls):
@@ -37,7 +38,7 @@ def _bn_step(bn, x, place):
     """Forward, a loss weighted by the global place of each output, backward."""
     x = x.clone().requires_grad_()
     y = bn(x)
-    weights = _weights_of_output(place + x.shape[0])[place:]
+    weights = _weights_of_output(place, x.shape[0])
     (y * weights).sum().backward()
     return y.detach(), x.grad
 
@@ -116,8 +117,10 @@ def _tiny_model_and_batch(synthetic_root):
 
 
 def _losses(model, batch, rng_seed):
+    from detectron2.utils.events import EventStorage
+
     torch.manual_seed(rng_seed)
-    with torch.no_grad():
+    with torch.no_grad(), EventStorage(0):
         losses = model(batch)
     return {k: float(v) for k, v in losses.items()}
 
@@ -132,8 +135,7 @@ def test_an_images_sampling_depends_on_its_seed_not_on_the_process_rng(synthetic
     # the process's RNG is not drawn from
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    with torch.no_grad():
-        model(batch)
+    _losses(model, batch, 5)
     assert torch.equal(torch.get_rng_state(), before)
     # without seeds (another loader's dicts) the sampling is Detectron2's: it follows the process's RNG
     unseeded = [{k: v for k, v in d.items() if k != SAMPLE_SEED_KEY} for d in batch]

@@ -57,6 +57,21 @@ FAMILIES = {
 }
 
 
+# the protocol each family claims per mode (TRANSFER.PROTOCOL of its config; None: no published one)
+CLAIMS = {
+    ("coco_mask_rcnn_R_50_FPN_1x.yaml", "finetune"): "infomin:R_50_FPN_1x",
+    ("coco_mask_rcnn_R_50_FPN_1x.yaml", "frozen"): "wu2020:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x",
+    ("coco_mask_rcnn_R_50_C4_1x.yaml", "finetune"): "infomin:R_50_C4_1x",
+    ("coco_mask_rcnn_R_50_C4_1x.yaml", "frozen"): "wu2020:COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x",
+    ("coco_cascade_mask_rcnn_R_50_FPN_1x.yaml", "finetune"): "infomin:R_101_CasFPN_1x",
+    ("coco_cascade_mask_rcnn_R_50_FPN_1x.yaml", "frozen"): "wu2020:Misc/cascade_mask_rcnn_R_50_FPN_1x",
+    ("coco_keypoint_rcnn_R_50_FPN_1x.yaml", "finetune"): "moco:keypoint_rcnn_R_50_FPN_2x",
+    ("coco_keypoint_rcnn_R_50_FPN_1x.yaml", "frozen"): "wu2020:COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x",
+    ("voc_faster_rcnn_R_50_C4_24k.yaml", "finetune"): "moco:pascal_voc_R_50_C4_24k",
+    ("voc_faster_rcnn_R_50_C4_24k.yaml", "frozen"): "wu2020:PascalVOC-Detection/faster_rcnn_R_50_C4",
+}
+
+
 # LVIS evaluation over 1203 categories takes a minute on a CPU: its frozen run is left out (the frozen
 # mode is the same code path for every family)
 CASES = [(c, m) for c in sorted(FAMILIES) for m in ("finetune", "frozen")
@@ -73,6 +88,18 @@ def test_every_task_family_writes_results(synthetic_root, r18_weights, tmp_path,
         assert "AP" in values and all(v is None or np.isfinite(v) for v in values.values())
     if config.startswith("lvis"):
         assert {"APr", "APc", "APf"} <= set(res["metrics"]["segm"])
+    # the claimed protocol and how this tiny run departs from it travel with the numbers
+    claim = CLAIMS.get((config, mode))
+    assert res["protocol"] == claim
+    if claim is None:
+        assert res["deviations"] == []
+    else:
+        found = {d["key"]: d for d in res["deviations"]}
+        assert found["SOLVER.MAX_ITER"]["actual"] == 2 and found["SOLVER.MAX_ITER"]["why"] == "shortened schedule"
+        assert not found["SOLVER.MAX_ITER"]["documented"] and found["SOLVER.MAX_ITER"]["expected"] > 2
+        assert found["SOLVER.IMS_PER_BATCH"]["actual"] == 2 and "without the linear rescaling" in found[
+            "SOLVER.IMS_PER_BATCH"]["why"]
+        assert all(set(d) == {"key", "expected", "actual", "source", "why", "documented"} for d in res["deviations"])
     for name in ("config.yaml", "metrics.json", "log.txt", "model_final.pth"):
         assert (tmp_path / name).is_file()
     with open(tmp_path / "config.yaml") as f:

@@ -1,0 +1,58 @@
+"""tools/bench_scale.py --quick and tools/bench_transfer.py --quick run end to end and print their tables
+(no timing is asserted: speed figures belong in the benchmark output and the README)."""
+import pytest
+
+from tool_loader import load_tool
+
+
+def _table(out, title_start):
+    """The rows of the table printed under the title starting with ``title_start``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title_start))
+    rows = []
+    for line in lines[start + 3:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return lines[start + 1].split(), rows
+
+
+@pytest.mark.slow
+def test_bench_scale_quick_prints_every_table(capsys, tmp_path):
+    tool = load_tool("bench_scale")
+    assert tool.main(["--quick", "--work-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ")
+    header, rows = _table(out, "Datasets:")
+    assert header[:2] == ["dataset", "size"]
+    steps = [" ".join(r[6:-4]) for r in rows]
+    assert steps == ["check", "check, cached", "Detectron2 load"] * 2
+    assert {r[0] for r in rows} == {"coco_2017_train", "lvis_v1_train"}
+    assert all(r[-4] != "failed" for r in rows), rows
+    _, rows = _table(out, "Sweep submission")
+    assert [" ".join(r[2:-3]) for r in rows] == ["dry run", "submit (debug)", "resubmit"]
+    assert all(r[0] == "4" and r[-3] != "failed" for r in rows), rows
+    _, rows = _table(out, "Memory bank")
+    assert [r[0] for r in rows] == ["search", "k-means"] and all("failed" not in r for r in rows), rows
+    _, rows = _table(out, "MI estimate")
+    assert [r[1] for r in rows] == ["class:all", "simclr"] and all("failed" not in r for r in rows), rows
+    _, rows = _table(out, "Report")
+    assert [r[0] for r in rows] == ["40", "40"] and all("failed" not in r for r in rows), rows
+
+
+def test_bench_scale_usage_errors(capsys):
+    tool = load_tool("bench_scale")
+    with pytest.raises(SystemExit) as stop:
+        tool.main(["--runs", "0"])
+    assert stop.value.code == 2 and "bench_scale: error: --runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_transfer_quick_prints_both_trainers(capsys):
+    tool = load_tool("bench_transfer")
+    assert tool.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "project (transfer.training.trainer.TransferTrainer)" in out
+    assert "Detectron2 DefaultTrainer" in out
+    ratio = [line for line in out.splitlines() if line.startswith("project / Detectron2: ")]
+    assert len(ratio) == 1 and ratio[0].endswith("x")
