@@ -107,14 +107,18 @@ def polygon_stats(polygons, count):
             return None
         a = cls[1:-1]
         n = a.size
-        bars = np.flatnonzero(a == _BAR)
-        opens, closes = np.flatnonzero(a == _OPEN), np.flatnonzero(a == _CLOSE)
-        if opens.size != closes.size or not np.array_equal(opens, closes + 2):
+        # a polygon ends at "]" (then "],[" and the next starts) or at "|" (the next annotation's starts)
+        ends = np.flatnonzero((a == _CLOSE) | (a == _BAR))
+        is_close = a[ends] == _CLOSE
+        bars = ends[~is_close]
+        if not np.array_equal(np.flatnonzero(a == _OPEN), ends[is_close] + 2):
             return None  # "[" and "]" only as "],[" between two polygons
-        starts = np.sort(np.concatenate([[0], opens + 1, bars + 1]))
-        ends = np.sort(np.concatenate([closes, bars, [n]]))
-        commas = np.flatnonzero(a == _COMMA)
-        numbers = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+        starts = np.concatenate([[0], ends + np.where(is_close, 3, 1)])
+        ends = np.append(ends, n)
+        # commas from a polygon's start to the next one's: its own, plus the one of "],["
+        span = np.add.reduceat((a == _COMMA).view(np.uint8), np.minimum(starts, max(n - 1, 0)), dtype=np.int64) \
+            if n else np.zeros(1, np.int64)
+        numbers = span - np.append(is_close, False) + 1
         numbers[ends <= starts] = 0
         ok = (numbers >= 6) & (numbers % 2 == 0)
         owner = np.searchsorted(bars, starts, side="left")
@@ -153,10 +157,9 @@ def read_annotation_json(path):
 
 def _placeholders(parsed):
     anns = parsed.get("annotations")
-    if not isinstance(anns, list):
+    if not isinstance(anns, list) or not all(type(a) is dict for a in anns):
         return -1
-    return sum(1 for a in anns if isinstance(a, dict) and type(a.get("segmentation", 1)) is int
-               and a["segmentation"] == _PLACEHOLDER)
+    return [a.get("segmentation") for a in anns].count(_PLACEHOLDER)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -171,11 +174,12 @@ def _first(mask, records, what):
 
 def _int_field(records, key, path, what):
     values = [r.get(key) for r in records]
-    if all(type(v) is int for v in values):
-        try:
-            return np.array(values, dtype=np.int64).reshape(len(values))
-        except OverflowError:
-            pass
+    try:
+        arr = np.array(values)
+        if arr.dtype.kind == "i" and arr.shape == (len(values),):
+            return arr
+    except (ValueError, OverflowError):
+        pass
     bad = np.array([type(v) is not int or not -2**63 <= v < 2**63 for v in values])
     problem = "has no" if values[int(np.flatnonzero(bad)[0])] is None else "has a non-integer"
     raise DatasetError(f"{path}: {_first(bad, records, what)} {problem} '{key}'")
@@ -226,33 +230,38 @@ def _check_files_exist(files, path, check=True):
     return sorted(by_folder)
 
 
+_SEG_KIND = {int: 0, list: 1, dict: 2, type(None): 4}  # 3: anything else; 5: a cut polygon list
+
+
 def _segmentation_facts(anns, stats, path, lvis):
-    """Per annotation: usable mask (>= 1 valid polygon, or an RLE dict); LVIS: every polygon valid."""
+    """Per annotation: usable mask (>= 1 valid polygon, or an RLE dict), has a segmentation, every polygon
+    valid (LVIS needs that). Cut polygon lists (the placeholders) take their counts from ``stats``."""
+    segs = [a.get("segmentation") for a in anns]
+    kind = np.array([_SEG_KIND.get(type(seg), 3) for seg in segs], np.int8)
     n = len(anns)
-    usable = np.zeros(n, bool)
-    has_key = np.zeros(n, bool)
-    all_valid = np.zeros(n, bool)
-    k = 0
-    valid_counts, invalid_counts = stats if stats is not None else (None, None)
-    for i, a in enumerate(anns):
-        seg = a.get("segmentation")
-        if seg is None:
-            continue
-        has_key[i] = True
-        if type(seg) is int and seg == _PLACEHOLDER and stats is not None:
-            usable[i] = valid_counts[k] > 0
-            all_valid[i] = invalid_counts[k] == 0 and valid_counts[k] > 0
-            k += 1
-        elif isinstance(seg, dict):
+    usable, all_valid = np.zeros(n, bool), np.zeros(n, bool)
+    ints = np.flatnonzero(kind == 0)
+    if stats is not None and ints.size == stats[0].size:  # every number is a placeholder of a cut list
+        usable[ints] = stats[0] > 0
+        all_valid[ints] = (stats[0] > 0) & (stats[1] == 0)
+        kind[ints] = 5
+    for i in np.flatnonzero((kind == 0) | (kind == 3)).tolist():
+        if segs[i]:  # Detectron2 would iterate over it as polygons and fail
+            raise DatasetError(f"{path}: annotation {anns[i].get('id')!r} has a malformed segmentation "
+                               f"{segs[i]!r} (polygons [[x, y, ...], ...] or RLE {{'counts', 'size'}})")
+        kind[i] = 4  # 0, "", false: Detectron2 reads it as no segmentation
+    has_key = kind != 4
+    for i in np.flatnonzero((kind == 1) | (kind == 2)).tolist():
+        seg = segs[i]
+        if isinstance(seg, dict):
             size = seg.get("size")
             ok = "counts" in seg and isinstance(size, list) and len(size) == 2
             if not ok and not lvis:
-                raise DatasetError(f"{path}: annotation {a.get('id')!r} has a malformed RLE segmentation "
+                raise DatasetError(f"{path}: annotation {anns[i].get('id')!r} has a malformed RLE segmentation "
                                    "(needs 'counts' and 'size' [height, width])")
             usable[i] = ok
         elif isinstance(seg, list):
-            lengths = [len(p) if isinstance(p, list) else -1 for p in seg]
-            good = [m >= 6 and m % 2 == 0 for m in lengths]
+            good = [isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg]
             usable[i] = any(good)
             all_valid[i] = bool(good) and all(good)
     return usable, has_key, all_valid
@@ -374,8 +383,8 @@ def _sample(files, k=8):
 def _check_boxes(anns, path):
     boxes = [a.get("bbox") for a in anns]
     try:
-        arr = np.array(boxes, dtype=np.float64)
-        ok = arr.shape == (len(anns), 4) and np.isfinite(arr).all() if anns else True
+        arr = np.array(boxes)  # numbers only: strings or None give another dtype
+        ok = not anns or (arr.dtype.kind in "if" and arr.shape == (len(anns), 4) and np.isfinite(arr).all())
     except (TypeError, ValueError):
         ok = False
     if ok:

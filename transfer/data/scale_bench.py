@@ -9,7 +9,7 @@
   training process does anyway.
 
 Time is the operation alone (after the imports), the median over ``repeats``, the check and the load
-interleaved; peak memory is the process's peak resident set above what it had after the imports.
+interleaved, as wall-clock and as the process's CPU time (steadier on a shared machine); peak memory is the process's peak resident set above what it had after the imports.
 :func:`format_dataset_check_table` prints the rows (``tools/bench_scale.py`` shows them).
 """
 import json
@@ -71,7 +71,7 @@ def _rss_mb():
 
 
 def measure_once(kind, json_file, image_root, what):
-    """In this process: ``{"seconds", "peak_mb"}`` of ``what`` on the dataset: ``check`` (cache off),
+    """In this process: ``{"seconds", "cpu_seconds", "peak_mb"}`` of ``what`` on the dataset: ``check`` (cache off),
     ``cached`` (the check through its cache: filled by a ``cached`` run before), ``load`` (Detectron2's)."""
     import resource
     import time
@@ -83,14 +83,14 @@ def measure_once(kind, json_file, image_root, what):
 
     name = _register(kind, json_file, image_root)
     base = _rss_mb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if what == "load":
         n = len(DatasetCatalog.get(name))
     else:
         n = dataset_summary(name, use_cache=what == "cached")["images"]
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"seconds": seconds, "peak_mb": max(0.0, peak - base), "images": n}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": max(0.0, peak - base), "images": n}
 
 
 def _in_fresh_process(kind, json_file, image_root, what, cache_dir):
@@ -121,22 +121,25 @@ def measure_dataset_checks(workdir, fractions=(0.1, 0.5, 1.0), kinds=("coco", "l
                         progress(f"{kind} {fraction:g}: {what} {i + 1}/{repeats}")
                     runs[what].append(_in_fresh_process(kind, json_file, image_root, what, cache_dir))
             med = {w: statistics.median(r["seconds"] for r in runs[w]) for w in runs}
+            cpu = {w: statistics.median(r["cpu_seconds"] for r in runs[w]) for w in runs}
             peak = {w: max(r["peak_mb"] for r in runs[w]) for w in runs}
             rows.append({"kind": kind, "fraction": fraction, "images": sizes["images"],
                          "annotations": sizes["annotations"], "json_mb": sizes["bytes"] / 2**20,
                          "check_s": med["check"], "check_peak_mb": peak["check"], "load_s": med["load"],
                          "load_peak_mb": peak["load"], "ratio": med["check"] / med["load"],
-                         "cached_s": med["cached"], "repeats": repeats})
+                         "check_cpu_s": cpu["check"], "load_cpu_s": cpu["load"],
+                         "ratio_cpu": cpu["check"] / cpu["load"], "cached_s": med["cached"], "repeats": repeats})
     return rows
 
 
 def format_dataset_check_table(rows):
     """The rows as a Markdown table."""
-    lines = ["| data | images | annotations | json MB | check s | check peak MB | Detectron2 load s | "
-             "load peak MB | check / load | cached check s |",
+    lines = ["| data | images | annotations | json MB | check s (CPU s) | check peak MB | Detectron2 load s (CPU s) | "
+             "load peak MB | check / load (CPU) | cached check s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['kind'].upper()} {r['fraction']:.0%} | {r['images']:,} | {r['annotations']:,} | "
-                     f"{r['json_mb']:.0f} | {r['check_s']:.2f} | {r['check_peak_mb']:.0f} | {r['load_s']:.1f} | "
-                     f"{r['load_peak_mb']:.0f} | {r['ratio']:.3f} | {r['cached_s']:.3f} |")
+                     f"{r['json_mb']:.0f} | {r['check_s']:.2f} ({r['check_cpu_s']:.2f}) | {r['check_peak_mb']:.0f} | "
+                     f"{r['load_s']:.1f} ({r['load_cpu_s']:.1f}) | {r['load_peak_mb']:.0f} | "
+                     f"{r['ratio']:.3f} ({r['ratio_cpu']:.3f}) | {r['cached_s']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -127,8 +127,11 @@ class Table:
     missing: list = field(default_factory=list)  # ["supervised frozen (seeds 0, 1)", "moco fine-tuned seed 2"]
     missing_runs: int = 0  # runs the missing entries stand for (a cell without runs: the seeds others ran, or 1)
     nonfinite: list = field(default_factory=list)  # ["moco fine-tuned seed 1 (AP, AP50)"]
-    # per (backbone, mode) whose runs depart from their claimed protocol: "moco fine-tuned (claims P): seed 0: why"
+    # runs that depart from their claimed protocol, those with the same claim and reasons in one entry:
+    # "moco fine-tuned seeds 0, 1; random fine-tuned seed 0 (claims P): why"
     off_protocol: list = field(default_factory=list)
+    # (claim, reasons) -> {"backbone mode": [seeds]}, in the order met; the entries above are made from it
+    off_protocol_runs: dict = field(default_factory=dict)
     unrecorded: list = field(default_factory=list)  # ["moco frozen seeds 0, 1"]: protocol not recorded
     notes: list = field(default_factory=list)  # other remarks (baseline without runs, similar-task refs)
     decimals: int = 1  # of our cells
@@ -242,14 +245,25 @@ def build_table(task, family, runs, modes, metrics, baseline=None, references=No
 def _protocol_notes(table, backbone, mode, runs):
     """Note the runs of one (backbone, mode) that depart from their claimed protocol, or record none, in
     ``table``; returns (per departing run its seed, claim and reasons; the seeds without a record) for the cells."""
-    off = tuple(f"seed {r.seed} (claims {r.protocol}): " + "; ".join(map(deviation_text, r.protocol_alterations()))
-                for r in runs if r.protocol_alterations())
-    unrecorded = tuple(r.seed for r in runs if not r.protocol_recorded)
     who = f"{backbone} {MODE_LABELS[mode]}"
-    table.off_protocol.extend(f"{who} {text}" for text in off)
+    off = []
+    for r in runs:
+        if r.protocol_alterations():
+            reasons = "; ".join(map(deviation_text, r.protocol_alterations()))
+            off.append(f"seed {r.seed} (claims {r.protocol}): {reasons}")
+            table.off_protocol_runs.setdefault((r.protocol, reasons), {}).setdefault(who, []).append(r.seed)
+    table.off_protocol[:] = [_off_protocol_entry(claim, reasons, by_who)
+                             for (claim, reasons), by_who in table.off_protocol_runs.items()]
+    unrecorded = tuple(r.seed for r in runs if not r.protocol_recorded)
     if unrecorded:
         table.unrecorded.append(f"{who} seed{'s' if len(unrecorded) > 1 else ''} {', '.join(map(str, unrecorded))}")
-    return off, unrecorded
+    return tuple(off), unrecorded
+
+
+def _off_protocol_entry(claim, reasons, by_who):
+    runs = "; ".join(f"{who} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                     for who, seeds in by_who.items())
+    return f"{runs} (claims {claim}): {reasons}"
 
 
 def _apply_deltas(table, baseline):

@@ -25,7 +25,7 @@ def test_bench_scale_quick_prints_every_table(capsys, tmp_path):
     assert out.startswith("machine: ")
     header, rows = _table(out, "Datasets:")
     assert header[:2] == ["dataset", "size"]
-    steps = [" ".join(r[6:-4]) for r in rows]
+    steps = [" ".join(r[5:-4]) for r in rows]
     assert steps == ["check", "check, cached", "Detectron2 load"] * 2
     assert {r[0] for r in rows} == {"coco_2017_train", "lvis_v1_train"}
     assert all(r[-4] != "failed" for r in rows), rows
@@ -35,7 +35,7 @@ def test_bench_scale_quick_prints_every_table(capsys, tmp_path):
     _, rows = _table(out, "Memory bank")
     assert [r[0] for r in rows] == ["search", "k-means"] and all("failed" not in r for r in rows), rows
     _, rows = _table(out, "MI estimate")
-    assert [r[1] for r in rows] == ["class:all", "simclr"] and all("failed" not in r for r in rows), rows
+    assert [r[1] for r in rows] == ["class:color", "simclr"] and all("failed" not in r for r in rows), rows
     _, rows = _table(out, "Report")
     assert [r[0] for r in rows] == ["40", "40"] and all("failed" not in r for r in rows), rows
 

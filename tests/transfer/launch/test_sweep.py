@@ -87,8 +87,8 @@ def test_sweep_file_errors_are_one_line_and_submit_nothing(tmp_path, submit_cli,
 
 
 def test_shipped_sweeps(synthetic_root):
-    expected = {"infomin_table2.yaml": (4, 4, ["finetune"], 1, "Table 2"),
-                "infomin_voc_table3.yaml": (1, 5, ["finetune"], 5, "Table 3"),
+    expected = {"infomin_table2.yaml": (4, 5, ["finetune"], 1, "Table 2"),
+                "infomin_voc_table3.yaml": (1, 6, ["finetune"], 5, "Table 3"),
                 "wu2020_frozen_r18.yaml": (5, 6, ["frozen"], 1, "Table 2"),
                 "demo.yaml": (2, 1, ["finetune", "frozen"], 2, "Table"),
                 "wu2020_table2.yaml": (5, 6, ["frozen"], 1, "Table 2"),

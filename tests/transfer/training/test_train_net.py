@@ -133,9 +133,10 @@ def test_frozen_backbone_is_bit_identical_and_finetuned_changes(synthetic_root, 
 
 
 def test_finetune_puts_syncbn_in_backbone_fpn_and_heads(synthetic_root, r18_weights):
-    from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
+    from detectron2.layers import FrozenBatchNorm2d
 
     from transfer.training.config import build_config
+    from transfer.training.global_batch import GlobalBatchNorm
     from transfer.training.trainer import TransferTrainer
 
     def norms(cfg):
@@ -149,11 +150,11 @@ def test_finetune_puts_syncbn_in_backbone_fpn_and_heads(synthetic_root, r18_weig
     for prefix in ("backbone.bottom_up.stem", "backbone.bottom_up.res5", "backbone.fpn_lateral2",
                    "backbone.fpn_output5", "roi_heads.box_head.conv1", "roi_heads.mask_head.mask_fcn1"):
         kinds = {t for n, t in found.items() if n.startswith(prefix)}
-        assert kinds == {NaiveSyncBatchNorm}, (prefix, kinds)
+        assert kinds == {GlobalBatchNorm}, (prefix, kinds)  # the CPU's SyncBN: exact statistics over gloo
     c4 = build_config(os.path.join(CONFIGS, "voc_faster_rcnn_R_50_C4_24k.yaml"),
                       TINY_OVERRIDES + ["MODEL.WEIGHTS", r18_weights], has_cuda=False)
     found = norms(c4)
-    assert found.get("roi_heads.res5") is NaiveSyncBatchNorm  # the extra norm after res5
+    assert found.get("roi_heads.res5") is GlobalBatchNorm  # the extra norm after res5
     frozen = build_config(os.path.join(CONFIGS, "coco_mask_rcnn_R_50_FPN_1x.yaml"),
                           TINY_OVERRIDES + ["MODEL.WEIGHTS", r18_weights, "TRANSFER.MODE", "frozen"],
                           has_cuda=False)
