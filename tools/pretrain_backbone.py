@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Contrastive pretraining of a ResNet (MoCo v1/v2, InfoMin, IR, BALL, ANN, LA, BALL+, ANN+, CMC).
 
-    python tools/pretrain_backbone.py --config-file configs/pretrain/<name>.yaml [--num-gpus N] [--resume] KEY VALUE ...
+    python tools/pretrain_backbone.py --config-file configs/pretrain/<name>.yaml [--num-gpus N] [--resume]
+        [--trust-pickle] KEY VALUE ...
 
 The command is pretrain.training.train.main; errors a user can fix are one line on stderr, exit status 2.
 """

@@ -47,3 +47,23 @@ def write_text_atomic(path, text):
 
 def write_json_atomic(path, data, indent=2):
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def unwritable_reason(folder):
+    """Why ``folder`` cannot be created or written (one line), or None; creates nothing.
+
+    An existing ``folder`` must be a writable directory; a missing one needs its nearest existing parent
+    to be a writable directory (every path component above it a directory)."""
+    path = os.path.abspath(os.fspath(folder))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return f"{folder}: exists and is not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{folder}: not writable"
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{folder}: cannot create: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{folder}: cannot create: {parent} is not writable"
+    return None

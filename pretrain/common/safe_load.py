@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 
-__all__ = ["CheckpointError", "read_checkpoint", "sha256_file", "dump_pickle",
+__all__ = ["CheckpointError", "TRUST_HINT", "read_checkpoint", "sha256_file", "dump_pickle",
            "numpy_pickle_globals"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -90,10 +90,12 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
     pass
 
 
+#: the end of the refusal of a file that needs full unpickling (commands that read files name their flag)
+TRUST_HINT = "pass --trust-pickle if you trust the file's source"
+
+
 def _needs_trust(path, what):
-    return CheckpointError(
-        f"{path}: needs full unpickling (it stores {what}), which can run arbitrary code; "
-        "pass --trust-pickle if you trust the file's source")
+    return CheckpointError(f"{path}: needs full unpickling (it stores {what}), which can run arbitrary code; {TRUST_HINT}")
 
 
 def _corrupt(path, exc):

@@ -1,4 +1,8 @@
-"""Pretraining checkpoints (format in docs/artifacts.md): written atomically, read with ``weights_only=True``.
+"""Pretraining checkpoints (format in docs/artifacts.md): written atomically, read with the safe reader.
+
+:func:`load_checkpoint` reads through :func:`pretrain.common.safe_load.read_checkpoint` (``weights_only``):
+a file that stores code or arbitrary Python objects is refused in one line naming ``--trust-pickle``, a
+damaged one is called truncated or corrupt.
 
 A checkpoint is ``torch.save`` of a dict of plain containers, tensors and numbers::
 
@@ -19,6 +23,7 @@ import random
 import numpy as np
 import torch
 
+from pretrain.common import safe_load
 from pretrain.common.fileio import atomic_path
 
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "capture_rng", "restore_rng"]
@@ -34,14 +39,14 @@ def atomic_save(obj, path):
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, trust_pickle=False):
+    """A pretraining checkpoint; ``trust_pickle``: full unpickling (``--trust-pickle``, can run code)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - damaged file, whatever the unpickler raises
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise CheckpointError(f"{path}: cannot read the checkpoint (truncated or corrupt?): {reason}") from None
+        ckpt = safe_load.read_checkpoint(path, trust_pickle=trust_pickle)
+    except safe_load.CheckpointError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "iter" not in ckpt:
         raise CheckpointError(f"{path}: not a pretraining checkpoint of this project (no state_dict/iter)")
     return ckpt

@@ -27,11 +27,25 @@ def setup_logging(output_dir, rank):
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if rank == 0:
-        file = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        # opened at the first record: a run refused before it logs anything leaves no empty log.txt
+        file = _LazyFileHandler(os.path.join(output_dir, "log.txt"))
         file.setFormatter(fmt)
         logger.addHandler(file)
     for name in ("pretrain.data.images", "pretrain.training.knn"):
         logging.getLogger(name).parent = logger
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """``log.txt``, opened at the first record written once its folder exists (the run creates OUTPUT_DIR when it
+    starts for real): a refused run, or a later record after its folder was removed, writes no file."""
+
+    def __init__(self, path):
+        super().__init__(path, delay=True)
+
+    def emit(self, record):
+        if self.stream is None and not os.path.isdir(os.path.dirname(self.baseFilename)):
+            return
+        super().emit(record)
 
 
 class _TqdmStream:

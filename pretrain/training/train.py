@@ -1,6 +1,7 @@
 """Contrastive pretraining: the command line, the checked config, and the launch of every process.
 
-    python tools/pretrain_backbone.py --config-file configs/pretrain/<name>.yaml [--num-gpus N] [--resume] KEY VALUE ...
+    python tools/pretrain_backbone.py --config-file configs/pretrain/<name>.yaml [--num-gpus N] [--resume]
+        [--trust-pickle] KEY VALUE ...
 
 One process by default; ``--num-gpus N`` spawns N local workers (NCCL on GPUs, gloo on CPU); under
 torchrun, SLURM or submitit the environment names the processes (:mod:`pretrain.common.distributed`) and every
@@ -37,6 +38,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from pretrain.common import distributed as du
 from pretrain.common.cli import ArgumentParser, one_line_errors
+from pretrain.common.fileio import unwritable_reason
 from pretrain.config import ConfigError, load_config
 from pretrain.data.images import DataError
 from pretrain.training.checkpoint import CheckpointError
@@ -58,6 +60,9 @@ def argument_parser():
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="local worker processes to spawn (one per GPU; CPU processes with gloo without GPUs)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pth")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="with --resume: allow full unpickling of the checkpoint (can run code from the file: only "
+                             "for files you trust)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     return parser
 
@@ -71,6 +76,8 @@ def parse_args(argv=None):
         item = rest.pop(0)
         if item == "--resume":
             args.resume = True
+        elif item == "--trust-pickle":
+            args.trust_pickle = True
         elif item in ("--num-gpus", "--config-file") or item.startswith(("--num-gpus=", "--config-file=")):
             name, _, value = item.partition("=")
             if not value:
@@ -104,30 +111,28 @@ def setup(args, world_size=None):
     check_config(cfg, world_size)
     if cfg.SEED < 0:
         cfg.SEED = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    try:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    except OSError as e:
-        raise PretrainError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: cannot create: {e.strerror or e}") from None
-    if not os.access(cfg.OUTPUT_DIR, os.W_OK):
-        raise PretrainError(f"OUTPUT_DIR {cfg.OUTPUT_DIR}: not writable")
+    reason = unwritable_reason(cfg.OUTPUT_DIR)  # checked, not created: a refused run leaves nothing behind
+    if reason:
+        raise PretrainError(f"OUTPUT_DIR {reason}")
     cfg.freeze()
     return cfg
 
 
-def run(cfg, num_gpus=1, resume=False, dist_info="auto"):
+def run(cfg, num_gpus=1, resume=False, dist_info="auto", trust_pickle=False):
     """Train with ``cfg`` (a validated config, e.g. from :func:`setup`) in every process of the job.
 
     ``dist_info``: "auto" reads the environment (torchrun/SLURM/submitit; one worker per process), or a
     :class:`~pretrain.common.distributed.DistInfo`, or None to spawn ``num_gpus`` local workers.
+    ``trust_pickle``: read the resumed checkpoint with full unpickling (``--trust-pickle``).
     """
     info = du.env_dist_info() if dist_info == "auto" else dist_info
-    return du.launch(_worker, args=(cfg.dump(), bool(resume)), num_local=num_gpus, info=info)
+    return du.launch(_worker, args=(cfg.dump(), bool(resume), bool(trust_pickle)), num_local=num_gpus, info=info)
 
 
-def _worker(info, cfg_text, resume):
+def _worker(info, cfg_text, resume, trust_pickle=False):
     cfg = load_config_text(cfg_text)
     try:
-        trainer = Trainer(cfg, info, resume)
+        trainer = Trainer(cfg, info, resume, trust_pickle=trust_pickle)
         try:
             return trainer.train()
         finally:
@@ -157,13 +162,27 @@ def load_config_text(text):
 def main(argv=None):
     """``tools/pretrain_backbone.py``: returns the exit status (2 after a one-line error on stderr)."""
     args = parse_args(argv)
+    made = []  # OUTPUT_DIR when this run creates it: removed again if a refused run leaves it empty
     try:
         with one_line_errors(PROG, *USER_ERRORS):
-            run(setup(args), num_gpus=args.num_gpus, resume=args.resume)
+            cfg = setup(args)
+            if not os.path.exists(cfg.OUTPUT_DIR):
+                made.append(cfg.OUTPUT_DIR)
+            run(cfg, num_gpus=args.num_gpus, resume=args.resume, trust_pickle=args.trust_pickle)
     except SystemExit as stop:  # one_line_errors has printed the line
+        _remove_if_empty(made)
         return stop.code
     except ProcessExitedException as e:
         if e.exit_code == 2:
+            _remove_if_empty(made)
             return 2  # a spawned worker already printed its one-line error
         raise
     return 0
+
+
+def _remove_if_empty(folders):
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder: never anything a run wrote
+        except OSError:
+            pass

@@ -42,7 +42,7 @@ def train_step(model, method, optimizer, scaler, batch, iteration, dtype, device
 class Trainer:
     """One process's training: data, method, optimiser, schedule, checkpoints, logs."""
 
-    def __init__(self, cfg, info, resume=False):
+    def __init__(self, cfg, info, resume=False, trust_pickle=False):
         self.info = info
         self.rank, self.world = info.rank, info.world_size
         use_cuda = cfg.DEVICE == "cuda" or (cfg.DEVICE == "auto" and torch.cuda.is_available())
@@ -67,7 +67,7 @@ class Trainer:
         last = os.path.join(self.out_dir, CHECKPOINT_LAST)
         if resume:
             if os.path.isfile(last):
-                ckpt = load_checkpoint(last)
+                ckpt = load_checkpoint(last, trust_pickle=trust_pickle)
             else:
                 logger.info(f"--resume: no {last} yet, starting from scratch")
         if ckpt is not None:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from pretrain.common.runs import MI_FILE, RESULTS_FILE, run_dir, run_id
+from pretrain.common.safe_load import TRUST_HINT
 from transfer.launch.jobs import JOBS_BY_KIND
 from transfer.launch.pipeline import pretrain_output
 from transfer.launch.sweep_fields import SweepError
@@ -146,7 +147,7 @@ def check_runs(runs, res, group_resources=None):
     the pretrain and eval jobs (default ``res``)."""
     from transfer.data.datasets import register_from_config
     from transfer.data.validate import check_run_data
-    from transfer.training.config import build_config
+    from transfer.training.config import ConfigError, build_config
 
     group_resources = group_resources or {}
     configs, seen = [], set()
@@ -171,13 +172,25 @@ def check_runs(runs, res, group_resources=None):
         opts = list(run.opts)
         if run.after:  # the weights do not exist yet: check the config with a random initialisation
             opts[opts.index("MODEL.WEIGHTS") + 1] = ""
-        cfg = build_config(run.config_file, opts, world_size=res.world_size, has_cuda=res.gpus_per_node > 0)
+        try:
+            cfg = build_config(run.config_file, opts, world_size=res.world_size, has_cuda=res.gpus_per_node > 0)
+        except ConfigError as e:
+            raise ConfigError(_sweep_hint(str(e))) from None
         register_from_config(cfg.TRANSFER.COCO_DATASETS)
         configs.append(cfg)
     # each dataset is read once (the checks are kept in memory and cached on disk while the files are
     # unchanged); the jobs do not check again (transfer.training.train_net.run)
     for cfg in configs:
         check_run_data(cfg)
+
+
+# the reader's hint names a flag of the commands that load one file; sweep jobs read weights safely only
+_SWEEP_TRUST_HINT = ("sweeps read weights safely only: if you trust the file's source, convert it once with "
+                     "tools/convert_backbone.py --trust-pickle and name the converted .pkl")
+
+
+def _sweep_hint(message):
+    return message.replace(TRUST_HINT, _SWEEP_TRUST_HINT)
 
 
 def _check_pretrain(run, res):

@@ -22,8 +22,8 @@ import sys
 from pretrain.common.runs import CHECKPOINT_FINAL, RESULTS_FILE, WEIGHTS_FILE
 
 __all__ = ["CARRIED_ENV", "Job", "TransferJob", "PretrainJob", "PretrainStageJob", "EvaluationJob",
-           "LinearEvalJob", "KNNEvalJob", "MIEstimateJob", "ConvertJob", "WatchJob", "JOBS_BY_KIND", "job_distribution", "submitit_environment",
-           "quiet_forked_children"]
+           "LinearEvalJob", "KNNEvalJob", "MIEstimateJob", "ConvertJob", "WatchJob", "JOBS_BY_KIND", "job_distribution",
+           "submitit_environment", "quiet_forked_children"]
 
 # environment variables a job takes from the submitting process (besides what sbatch exports itself)
 CARRIED_ENV = ("DETECTRON2_DATASETS",)

@@ -178,8 +178,8 @@ def parse_curves(value, path):
         raise SweepError(f"{where}: resources must be a mapping")
     tasks = section.get("tasks") or []
     tasks = tasks if isinstance(tasks, list) else [tasks]
-    spec = CurveSpec(every, _names(section.get("linear"), f"{where}: linear"), _names(section.get("knn"), f"{where}: knn"),
-                     _names(section.get("mi"), f"{where}: mi"), tuple(dict.fromkeys(str(t) for t in tasks)),
+    names = {kind: _names(section.get(kind), f"{where}: {kind}") for kind in ("linear", "knn", "mi")}
+    spec = CurveSpec(every, names["linear"], names["knn"], names["mi"], tuple(dict.fromkeys(str(t) for t in tasks)),
                      _names(section.get("modes"), f"{where}: modes"), tuple(dict.fromkeys(seeds)), dict(resources))
     if not (spec.linear or spec.knn or spec.mi or spec.tasks):
         raise SweepError(f"{where}: names no evaluation (linear, knn, mi) and no Detectron2 task (tasks)")

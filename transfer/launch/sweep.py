@@ -396,6 +396,8 @@ def watch_curves(sweep_file, root, backbone, resources=None, poll_s=30.0, config
     live_jobs, seen = {}, None
     while True:
         with locked(root):
+            if not os.path.lexists(os.path.join(root, LEDGER_FILE)):  # never a new ledger: it follows a sweep's
+                raise SweepError(f"{root}: no sweep ledger ({LEDGER_FILE}); a curve watcher follows a submitted sweep")
             ledger = Ledger.open(root, sweep)
             refresh(ledger, live_jobs)
             record = ledger.record(f"pretrain/{backbone}")

@@ -164,7 +164,8 @@ def load_sweep(path, configs_dir=None, check_weights=True):
                          ("pretrain: curves: resources", curves.resources if curves else {})):
         _check_resources(extra, f"{path}: {where}")
     if curves is not None:
-        curves = _curves(curves, {"linear": linear, "knn": knn, "mi": mi}, modes, seeds, config_files, configs_dir, path)
+        curves = _curves(curves, {"linear": linear, "knn": knn, "mi": mi}, modes, seeds, config_files, configs_dir,
+                         path)
     return Sweep(name, os.path.abspath(path), backbones, tasks, modes, seeds, overrides, dict(resources),
                  config_files, pretrain, pretrain_resources, linear, mi, eval_resources, knn, curves)
 

@@ -108,7 +108,8 @@ def collect_curves(collection, mi_records=()):
             ln2 = math.log(2)
             mi.setdefault(rec.name, {}).setdefault(method, []).append(
                 (epoch, rec.mi_bits, rec.mi_std_nats / ln2, rec.ceiling_nats / ln2))
-    mi_curves = [MICurve(name, {m: sorted(pts) for m, pts in sorted(lines.items())}) for name, lines in sorted(mi.items())]
+    mi_curves = [MICurve(name, {m: sorted(pts) for m, pts in sorted(lines.items())})
+                 for name, lines in sorted(mi.items())]
     if not curves and not mi_curves:
         return None
     return Curves(curves, mi_curves)

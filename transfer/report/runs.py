@@ -112,6 +112,8 @@ def parse_record(record):
             raise ValueError(f"`{key}` missing or not a non-empty string")
     if record["mode"] not in MODES:
         raise ValueError(f"`mode` is {record['mode']!r}, not one of {MODES}")
+    if record.get("eval_only"):  # train_net --eval-only: no transfer training happened
+        raise ValueError("evaluation-only record (train_net --eval-only, no training): not a transfer result")
     seed = record.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` is {seed!r}, not an integer")

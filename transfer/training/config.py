@@ -27,6 +27,7 @@ from pretrain.checkpoints.arch import ARCH_KEYS, STRIDE_KEY
 from pretrain.common.safe_load import CheckpointError, read_checkpoint
 from pretrain.common.yamlio import DuplicateKeyError, load_yaml
 from transfer.training.heads import C4_HEADS  # importing it registers the project's C4 head
+from transfer.training.overrides import check_overrides, merge_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +123,12 @@ def lint_config_file(path, _chain=()):
 # (anything else, e.g. MODEL.WEIGHTS or OUTPUT_DIR, would let a weights file redirect a run)
 META_KEYS = (*ARCH_KEYS, STRIDE_KEY, "INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
 
-def read_weights_meta(path):
+def read_weights_meta(path, trust_pickle=False):
     """``meta`` of a Detectron2 weights .pkl written by the converter ({} for other files)."""
     if not path or not path.endswith(".pkl"):
         return {}
     try:
-        data = read_checkpoint(path)
+        data = read_checkpoint(path, trust_pickle=trust_pickle)
     except CheckpointError as e:
         raise ConfigError(f"MODEL.WEIGHTS {e}") from None
     meta = data.get("meta", {}) if isinstance(data, dict) else {}
@@ -165,9 +166,8 @@ def same_value(a, b):
 
 
 def _parse_opts(opts):
-    if len(opts) % 2:
-        raise ConfigError(f"command-line overrides must be KEY VALUE pairs; got {len(opts)} words (last: {opts[-1]!r})")
     probe = get_transfer_cfg()
+    check_overrides(probe, opts, ConfigError)  # one line per unknown key (closest key named) or bad value
     probe.merge_from_list(list(opts))  # validates keys and value types the way Detectron2 does
     return {opts[i]: config_value(probe, opts[i]) for i in range(0, len(opts), 2)}
 
@@ -277,15 +277,15 @@ def _apply_mode(cfg, meta_cfg):
         raise ConfigError(f"{where}: {e}".replace("\n", " ")) from None
 
 
-def _build_before_hardware(config_file, opts, weights_meta):
+def _build_before_hardware(config_file, opts, weights_meta, trust_pickle=False):
     opts = list(opts)
     explicit = _parse_opts(opts)
     lint_config_file(config_file)
 
     cfg = get_transfer_cfg()
-    cfg.merge_from_file(config_file)
+    merge_file(cfg, config_file, ConfigError)
     weights = explicit.get("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)
-    meta = read_weights_meta(weights) if weights_meta is None else weights_meta
+    meta = read_weights_meta(weights, trust_pickle) if weights_meta is None else weights_meta
     if weights.endswith(".pkl") and weights_meta is None and "cfg" not in meta:
         logger.warning(f"MODEL.WEIGHTS {weights} carries no meta['cfg']: its input format, pixel mean/std and "
                        "architecture are not checked against the config; weights converted by the project's "
@@ -330,29 +330,30 @@ def _build_before_hardware(config_file, opts, weights_meta):
     return cfg
 
 
-def build_config(config_file, opts=(), world_size=1, has_cuda=None, weights_meta=None):
+def build_config(config_file, opts=(), world_size=1, has_cuda=None, weights_meta=None, trust_pickle=False):
     """The effective config of a run (see the module docstring for the order).
 
-    ``weights_meta``: the ``meta`` of the weights to assume instead of reading ``MODEL.WEIGHTS`` (audits).
+    ``weights_meta``: the ``meta`` of the weights to assume instead of reading ``MODEL.WEIGHTS`` (audits);
+    ``trust_pickle``: read that file with full unpickling (``--trust-pickle``).
     """
     import torch
 
-    cfg = _build_before_hardware(config_file, opts, weights_meta)
+    cfg = _build_before_hardware(config_file, opts, weights_meta, trust_pickle)
     adapt_to_hardware(cfg, world_size, torch.cuda.is_available() if has_cuda is None else has_cuda)
     cfg.freeze()
     return cfg
 
 
-def reference_config(config_file, opts=(), weights_meta=None):
+def reference_config(config_file, opts=(), weights_meta=None, trust_pickle=False):
     """The effective config on the hardware the config was written for: ``SOLVER.REFERENCE_WORLD_SIZE``
     processes (the published 8 GPUs) with CUDA; one process where the config has no reference."""
-    cfg = _build_before_hardware(config_file, opts, weights_meta)
+    cfg = _build_before_hardware(config_file, opts, weights_meta, trust_pickle)
     adapt_to_hardware(cfg, cfg.SOLVER.REFERENCE_WORLD_SIZE or 1, True)
     cfg.freeze()
     return cfg
 
 
-def effective_config_text(config_file, opts=(), world_size=1, reference=False, has_cuda=None):
+def effective_config_text(config_file, opts=(), world_size=1, reference=False, has_cuda=None, trust_pickle=False):
     """The effective config as YAML, headed by the hardware it is for (``train_net --print-config``).
 
     ``world_size``: the processes of the run (``--num-gpus`` x ``--num-machines``); ``reference``: for the
@@ -362,11 +363,11 @@ def effective_config_text(config_file, opts=(), world_size=1, reference=False, h
     import torch
 
     if reference:
-        cfg = reference_config(config_file, opts)
+        cfg = reference_config(config_file, opts, trust_pickle=trust_pickle)
         where = f"{cfg.SOLVER.REFERENCE_WORLD_SIZE or 1} processes with CUDA (the config's reference hardware)"
     else:
         cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
-        cfg = build_config(config_file, opts, world_size, cuda)
+        cfg = build_config(config_file, opts, world_size, cuda, trust_pickle=trust_pickle)
         where = f"{world_size} process{'es' if world_size != 1 else ''} " + ("with CUDA" if cuda else "on the CPU")
     head = (f"# effective config of {config_file} for {where}, TRANSFER.MODE {cfg.TRANSFER.MODE}\n"
             "# = Detectron2's defaults < the config files < the weights' meta < the mode's settings and the "

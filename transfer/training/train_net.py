@@ -1,7 +1,8 @@
 """Run one published transfer setting on a backbone: train, evaluate, write ``results.json``.
 
     python tools/train_net.py --config-file configs/transfer/<name>.yaml [--num-gpus N]
-        [--num-machines M --machine-rank R --dist-url URL] [--eval-only] [--resume] KEY VALUE ...
+        [--num-machines M --machine-rank R --dist-url URL] [--eval-only [--random-init]] [--resume]
+        [--trust-pickle] KEY VALUE ...
     python tools/train_net.py --config-file ... --print-config [--reference | --num-gpus N] KEY VALUE ...
 
 Detectron2's argument conventions. Before any model is built this checks the config (duplicate keys,
@@ -28,6 +29,7 @@ from pretrain.common.safe_load import CheckpointError
 from transfer.training.checkpointer import CheckpointWriteError, SafeCheckpointer
 from transfer.training.config import ConfigError, build_config, effective_config_text, reference_config
 from transfer.training.protocol import describe, protocol_fields
+from transfer.training.run_checks import check_output_dir, check_resume, check_weights, evaluated_weights
 from transfer.training.trainer import TransferTrainer
 
 __all__ = ["PROG", "argument_parser", "parse_args", "prepare", "run", "join_process_group",
@@ -45,7 +47,11 @@ def argument_parser():
                                    "TRANSFER.MODE frozen SEED 1")
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config (configs/transfer/)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS without training")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate MODEL.WEIGHTS (or with --resume OUTPUT_DIR's last checkpoint) without training; "
+                             "results.json then says eval_only, iterations 0")
+    parser.add_argument("--random-init", action="store_true",
+                        help="with --eval-only and no MODEL.WEIGHTS: evaluate a randomly initialised model on purpose")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow full unpickling of MODEL.WEIGHTS and resume checkpoints (can run code from the "
                              "file: only for files you trust)")
@@ -76,6 +82,8 @@ def parse_args(argv=None):
         parser.error("--dist-url auto works on one machine only; give tcp://HOST:PORT")
     if args.reference and not args.print_config:
         parser.error("--reference goes with --print-config")
+    if args.random_init and not args.eval_only:
+        parser.error("--random-init goes with --eval-only")
     if not args.print_config and torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
         parser.error(f"--num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} GPUs")
     return args
@@ -97,31 +105,48 @@ def config_report(args):
     For ``--num-gpus`` x ``--num-machines`` processes on this machine's devices, or with ``--reference``
     for the config's reference hardware. Reads the config files and the weights' meta only."""
     world_size = args.num_gpus * args.num_machines
-    text = effective_config_text(args.config_file, args.opts, world_size=world_size, reference=args.reference)
+    trust = args.trust_pickle
+    text = effective_config_text(args.config_file, args.opts, world_size=world_size, reference=args.reference,
+                                 trust_pickle=trust)
     if args.reference:
-        cfg = reference_config(args.config_file, args.opts)
+        cfg = reference_config(args.config_file, args.opts, trust_pickle=trust)
     else:
-        cfg = build_config(args.config_file, args.opts, world_size=world_size)
+        cfg = build_config(args.config_file, args.opts, world_size=world_size, trust_pickle=trust)
     return text + describe(cfg)
 
 
 def prepare(args, world_size):
-    """Build and check the effective config in the launching process (fail fast, before spawning)."""
+    """Build and check the effective config in the launching process (fail fast, before spawning).
+
+    Everything a user can get wrong is refused here in one line, before anything is written: the config
+    (keys, values, weights' meta, mode), OUTPUT_DIR, the weights file, the architecture of a resumed run,
+    what ``--eval-only`` evaluates, and the datasets."""
     opts = list(args.opts)
-    cfg = build_config(args.config_file, opts, world_size=world_size)
+    trust = getattr(args, "trust_pickle", False)
+    cfg = build_config(args.config_file, opts, world_size=world_size, trust_pickle=trust)
     protocol_fields(cfg)  # the claimed protocol exists and is one of this mode's (one line otherwise)
     if cfg.SEED < 0:
         # one seed for all processes, recorded in config.yaml and results.json
         opts += ["SEED", str(random.SystemRandom().randrange(2**31))]
-        cfg = build_config(args.config_file, opts, world_size=world_size)
+        cfg = build_config(args.config_file, opts, world_size=world_size, trust_pickle=trust)
+    out_dir = cfg.OUTPUT_DIR
     if "OUTPUT_DIR" not in opts[::2] and cfg.OUTPUT_DIR == DEFAULT_OUTPUT_DIR:
         # runs of other tasks, backbones, modes and seeds never share a folder
-        opts += ["OUTPUT_DIR", default_output_dir(cfg, task_name(args.config_file))]
+        out_dir = default_output_dir(cfg, task_name(args.config_file))
+        if args.eval_only and not args.resume:  # never over a training run's results.json
+            out_dir = os.path.join(out_dir, "eval_only")
+        opts += ["OUTPUT_DIR", out_dir]
+    check_output_dir(out_dir, ConfigError)
+    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise ConfigError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
+    check_weights(cfg.MODEL.WEIGHTS, trust, ConfigError)  # crafted or damaged: one line, before any model
+    if args.resume:
+        check_resume(cfg, out_dir, trust, ConfigError)  # before Detectron2 rewrites config.yaml
+    if args.eval_only:
+        evaluated_weights(cfg, out_dir, args.resume, getattr(args, "random_init", False), ConfigError)
     register_from_config(cfg.TRANSFER.COCO_DATASETS)
     # every annotation, and what this config needs of its datasets (cached while they are unchanged)
     check_run_data(cfg, eval_only=args.eval_only)
-    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
     return opts
 
 
@@ -137,6 +162,8 @@ def run(args, opts):
         model = TransferTrainer.build_model(cfg)
         checkpointer = SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.trust_pickle = getattr(args, "trust_pickle", False)
+        evaluated = evaluated_weights(cfg, cfg.OUTPUT_DIR, args.resume, getattr(args, "random_init", False),
+                                      ConfigError)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         metrics = TransferTrainer.test(cfg, model)
     else:
@@ -149,10 +176,14 @@ def run(args, opts):
         if metrics is None:
             metrics = TransferTrainer.test(cfg, trainer.model)
     if comm.is_main_process():
+        extra = protocol_fields(cfg)
+        weights, iterations = cfg.MODEL.WEIGHTS, cfg.SOLVER.MAX_ITER
+        if args.eval_only:  # an evaluation, not a transfer run: the report keeps it out of its tables
+            weights, iterations = evaluated, 0
+            extra["eval_only"] = True
         record = results_record(backbone=backbone_label(cfg.TRANSFER.BACKBONE_NAME, cfg.MODEL.WEIGHTS),
                                 task=task_name(args.config_file), mode=cfg.TRANSFER.MODE, seed=cfg.SEED,
-                                weights=cfg.MODEL.WEIGHTS, iterations=cfg.SOLVER.MAX_ITER, metrics=metrics or {},
-                                **protocol_fields(cfg))
+                                weights=weights, iterations=iterations, metrics=metrics or {}, **extra)
         logger.info(f"wrote {write_results(cfg.OUTPUT_DIR, record)}")
     return metrics
 

@@ -233,6 +233,39 @@ def test_the_watcher_submits_each_checkpoint_once_with_dependencies_on_slurm(tmp
     assert ledger.record("pretrain/moco/curves")["state"] == "done"
 
 
+@pytest.mark.slow
+def test_curves_on_the_debug_cluster_with_an_interrupted_pretraining(tmp_path, small_imagenet):
+    """In this process: the pretraining stops after its first epoch (SOLVER.STOP_ITER, as a preemption would),
+    the sweep evaluates the checkpoint kept so far; submitted again, the pretraining resumes, keeps its second
+    checkpoint, and only that one's evaluation is added: one kNN run per checkpoint, each once."""
+    curves = {"every": 1, "knn": ["tiny"]}
+    path = curve_sweep(tmp_path, small_imagenet, curves, evaluations=knn_only(small_imagenet))
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    data["pretrain"]["overrides"] += ["SOLVER.STOP_ITER", 7]  # 7 iterations per epoch
+    with open(tmp_path / "stopped.yaml", "w") as f:
+        yaml.safe_dump(data, f)
+    root = str(tmp_path / "out")
+    ledger = run_sweep(str(tmp_path / "stopped.yaml"), root, out=quiet)
+    states = {r["id"]: r["state"] for r in ledger.runs}
+    assert states == {"pretrain/moco": "failed", "knn_tiny/moco/frozen/seed0": "pending",
+                      "knn_tiny/moco@ep1/frozen/seed0": "done"}, format_status(ledger)
+    kept = os.path.join(root, "pretrain", "moco", "checkpoint_epoch0001.pth")
+    inode = os.stat(kept).st_ino
+    ledger = run_sweep(path, root, out=quiet)
+    runs = {r["id"]: r for r in ledger.runs}
+    assert all(r["state"] == "done" for r in ledger.runs) and set(runs) == {
+        "pretrain/moco", "knn_tiny/moco/frozen/seed0", "knn_tiny/moco@ep1/frozen/seed0",
+        "knn_tiny/moco@ep2/frozen/seed0"}, format_status(ledger)
+    assert runs["pretrain/moco"]["attempts"] == 2
+    assert all(r["attempts"] == 1 for rid, r in runs.items() if rid != "pretrain/moco")
+    assert os.stat(kept).st_ino == inode
+    from transfer.report import make_report
+
+    (curve,) = make_report(root, metrics="all").report.curves.curves
+    assert (curve.task, curve.epochs(), list(curve.lines)) == ("knn_tiny", [1, 2], ["moco"])
+
+
 # ------------------------------------------------------------------------------ end to end, real jobs
 
 def _children(pid):
@@ -264,7 +297,6 @@ def _requeue_in_epoch_2(folder, job_id, interrupt, deadline, logs):
 
 
 def _check_curves(root, ledger, inode):
-    runs = {r["id"]: r for r in ledger.runs}
     assert all(r["state"] == "done" for r in ledger.runs), format_status(ledger)
     ids = [r["id"] for r in ledger.runs]
     assert len(ids) == len(set(ids))

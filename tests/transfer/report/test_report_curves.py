@@ -36,13 +36,14 @@ def curve_root(tmp_path):
                 for seed in (0, 1):
                     out = os.path.join(root, VOC, label, mode, f"seed{seed}")
                     os.makedirs(out)
+                    metrics = {"bbox": {"AP": ap(method, mode, epoch, seed), "AP50": 60.0}}
                     write_results(out, results_record(backbone=label, task=VOC, mode=mode, seed=seed, weights="w.pkl",
-                                                      iterations=2, metrics={"bbox": {"AP": ap(method, mode, epoch, seed),
-                                                                                      "AP50": 60.0}}))
+                                                      iterations=2, metrics=metrics))
             out = os.path.join(root, "knn_in", label, "frozen", "seed0")
             os.makedirs(out)
+            top1 = epoch + (5 if method == "ir" else 0)
             write_results(out, results_record(backbone=label, task="knn_in", mode="frozen", seed=0, weights="c.pth",
-                                              iterations=0, metrics={"knn": {"top1": epoch + (5 if method == "ir" else 0)}}))
+                                              iterations=0, metrics={"knn": {"top1": top1}}))
             write_mi(root, "views", label, 0.1 * epoch)
     # the final backbone and a baseline are runs like any other, not points of a curve
     for backbone in ("moco", "random"):
