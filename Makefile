@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?=
+# one pytest worker per core (pytest-xdist); tests/conftest.py keeps the SLURM tests together in one worker
+PYTEST_ARGS ?= -n auto --dist loadgroup
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo clean-venv

@@ -36,7 +36,8 @@ setup(
         # FAISS for the memory-bank methods' neighbour search and k-means (pretrain/methods/neighbours.py falls back
         # to torch without it); on GPU machines install faiss-gpu instead
         "faiss": ["faiss-cpu"],
-        "test": ["pytest", "timm", "faiss-cpu"],
+        # pytest-xdist: `make test` runs the suite on every core (tests/conftest.py keeps the SLURM tests in one worker)
+        "test": ["pytest", "pytest-xdist", "timm", "faiss-cpu"],
         "bench": ["lightly"],
     },
 )

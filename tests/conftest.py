@@ -6,7 +6,21 @@ import pytest
 # before Detectron2 registers its builtin datasets: never pick up a real ./datasets by accident
 os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(os.path.dirname(__file__), "_no_datasets_here"))
 
+# `make test` runs the suite in one pytest-xdist worker per core: each worker's torch (and the processes its
+# tests start) then use their share of the cores instead of all of them each
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 import transfer  # noqa: E402,F401  (runtime fixes before anything imports Detectron2)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist's ``--dist loadgroup`` (``make test``), the tests that submit jobs to SLURM run in one
+    worker, one after another: the local cluster is one node, and two tests' jobs would queue behind each other."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(scope="session")

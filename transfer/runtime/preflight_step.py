@@ -1,7 +1,6 @@
 """The preflight's training step: a transfer model trained on a fixed synthetic batch, timed.
 
-:func:`synthetic_batch` makes what Detectron2's mapper gives a Mask R-CNN: images (uint8 values as float,
-3 x H x W), ground-truth boxes, classes and polygon masks, a COCO-like 7 objects per image.
+:func:`synthetic_batch` makes what Detectron2's mapper gives a Mask R-CNN: images (uint8, 3 x H x W), ground-truth boxes, classes and polygon masks, a COCO-like 7 objects per image.
 :func:`time_step` builds the model of a config (:func:`transfer.training.config.build_config`, one process),
 Detectron2's optimizer for it, and runs ``warmup + iters`` SGD steps on the batch, with AMP (float16
 autocast and a gradient scaler, as Detectron2's ``AMPTrainer``) when asked, each step synchronised on CUDA.
@@ -42,7 +41,7 @@ def synthetic_batch(images, height, width, objects=7, num_classes=80, seed=0):
         inst.gt_boxes = Boxes(boxes)
         inst.gt_classes = torch.randint(0, num_classes, (objects,), generator=g)
         inst.gt_masks = PolygonMasks(polygons)
-        image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8).float()
+        image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)  # as the mapper gives
         batch.append({"image": image, "instances": inst, "height": height, "width": width})
     return batch
 

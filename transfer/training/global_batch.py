@@ -21,7 +21,7 @@ removes them:
   whole batch does. Detectron2's ``NaiveSyncBatchNorm`` (the only SyncBN that runs with gloo; the CPU
   config uses it) weighs each process by its batch size N rather than N x H x W, updates the running
   variance biased and does not count batches; on the CPU it is replaced by :class:`GlobalBatchNorm`,
-  which computes the statistics of the global batch exactly (two all-reduces).
+  which computes the statistics of the global batch exactly (two all-reduces forward, one backward).
 
 Losses still differ where Detectron2 normalises by a count that depends on the split: the box head
 divides by the ROIs sampled on the process (equal when every image fills its
@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.structures import ImageList
 from detectron2.utils import comm
-from fvcore.nn.distributed import differentiable_all_reduce
 from torch import nn
 
 from transfer.data.loader import SAMPLE_SEED_KEY
@@ -54,10 +53,63 @@ logger = logging.getLogger(__name__)
 SAMPLING_STAGES = {"rpn": 1, "roi_heads": 2}
 
 
+_DIMS = [0, 2, 3]
+
+
+def _all_reduce(tensor):
+    dist.all_reduce(tensor)
+    return tensor
+
+
+class _GlobalBatchNormFunction(torch.autograd.Function):
+    """Normalisation by the statistics of the global batch; sums in float64 (as PyTorch's CPU BN
+    accumulates), gradients of the statistics summed over the processes as in ``SyncBatchNorm``.
+    ``weight`` and ``bias`` get this process's own gradients (DDP averages them)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        channels = x.shape[1]
+        x64 = x.double()
+        count = torch.full([1], float(x.numel() // max(channels, 1)), dtype=torch.float64, device=x.device)
+        totals = _all_reduce(torch.cat([x64.sum(dim=_DIMS), count]))
+        n = totals[-1].clamp(min=1)
+        mean = totals[:channels] / n
+        centred = x64 - mean.reshape(1, -1, 1, 1)
+        var = _all_reduce((centred * centred).sum(dim=_DIMS)) / n
+        invstd = torch.rsqrt(var + eps)
+        xhat = centred * invstd.reshape(1, -1, 1, 1)
+        out = xhat
+        if weight is not None:
+            out = out * weight.double().reshape(1, -1, 1, 1) + bias.double().reshape(1, -1, 1, 1)
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.n = n
+        count = totals[-1].clone()
+        ctx.mark_non_differentiable(mean, var, count)
+        return out.to(x.dtype), mean, var, count
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var, _grad_count):
+        xhat, invstd, weight = ctx.saved_tensors
+        dy = grad_out.double()
+        sum_dy = dy.sum(dim=_DIMS)
+        sum_dy_xhat = (dy * xhat).sum(dim=_DIMS)
+        scale = weight.double() if weight is not None else torch.ones_like(invstd)
+        # every process's share of the gradient of the shared statistics
+        sums = _all_reduce(torch.cat([sum_dy, sum_dy_xhat]) * scale.repeat(2))
+        channels = xhat.shape[1]
+        mean_dy, mean_dy_xhat = (sums[:channels] / ctx.n).reshape(1, -1, 1, 1), (sums[channels:] / ctx.n).reshape(1, -1, 1, 1)
+        grad_x = (invstd.reshape(1, -1, 1, 1)
+                  * (dy * scale.reshape(1, -1, 1, 1) - mean_dy - xhat * mean_dy_xhat)).to(grad_out.dtype)
+        if weight is None:
+            return grad_x, None, None, None
+        return grad_x, sum_dy_xhat.to(weight.dtype), sum_dy.to(weight.dtype), None
+
+
 class GlobalBatchNorm(NaiveSyncBatchNorm):
     """BatchNorm over the global batch: in training on several processes, the mean and (biased) variance
     of all ``N x H x W`` elements of every process normalise the input, and the running statistics
     are updated as ``BatchNorm2d`` over the concatenated batch does (unbiased variance, batch count).
+    Statistics and gradient sums are accumulated in float64.
 
     One process, or evaluation: ``BatchNorm2d``. Works with any backend (gloo on the CPU); a process
     with an empty batch (no ROIs) takes part with zeros.
@@ -66,26 +118,17 @@ class GlobalBatchNorm(NaiveSyncBatchNorm):
     def forward(self, input):
         if comm.get_world_size() == 1 or not self.training:
             return nn.BatchNorm2d.forward(self, input)
-        channels = input.shape[1]
         x = input.float() if input.dtype == torch.float16 else input
-        dims = [0, 2, 3]
-        count = torch.full([1], float(x.numel() // max(channels, 1)), device=x.device, dtype=x.dtype)
-        totals = differentiable_all_reduce(torch.cat([x.sum(dim=dims), count]))
-        n = totals[-1].detach()
-        mean = totals[:channels] / n.clamp(min=1)
-        centred = x - mean.reshape(1, -1, 1, 1)
-        var = differentiable_all_reduce((centred * centred).sum(dim=dims)) / n.clamp(min=1)
-        out = centred * torch.rsqrt(var + self.eps).reshape(1, -1, 1, 1)
-        if self.affine:
-            out = out * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        out, mean, var, n = _GlobalBatchNormFunction.apply(
+            x, self.weight if self.affine else None, self.bias if self.affine else None, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                momentum = momentum * (n > 1).to(x.dtype)  # nothing to learn from fewer than 2 elements
+                momentum = momentum * float(n > 1)  # nothing to learn from fewer than 2 elements
                 unbiased = var * n / (n - 1).clamp(min=1)
-                self.running_mean += momentum * (mean - self.running_mean)
-                self.running_var += momentum * (unbiased - self.running_var)
+                self.running_mean += (momentum * (mean - self.running_mean)).to(self.running_mean.dtype)
+                self.running_var += (momentum * (unbiased - self.running_var)).to(self.running_var.dtype)
         return out.to(input.dtype)
 
 

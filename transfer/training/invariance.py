@@ -97,21 +97,27 @@ def _state(model):
 
 
 class LossRecorder(hooks.HookBase):
-    """Keeps every iteration's losses (means over processes, as Detectron2 logs them) and the weights
-    before training, after the last step and after the last hook (precise BN) on the main process."""
+    """Keeps, on the main process, every iteration's losses (means over processes, as Detectron2 logs
+    them) and each process's own losses and foreground ROIs per image, and the weights before training,
+    after the last step and after the last hook (precise BN)."""
 
     def __init__(self):
-        self.losses, self.initial, self.trained, self.final = [], None, None, None
+        self.losses, self.per_process, self.initial, self.trained, self.final = [], [], None, None, None
 
     def before_train(self):
         if comm.is_main_process():
             self.initial = _state(self.trainer.model)
 
     def after_step(self):
-        if not comm.is_main_process():
-            return
         iteration = self.trainer.iter
         latest = self.trainer.storage.latest()
+        fg = latest.get("roi_head/num_fg_samples")
+        mine = {"losses": dict(self.trainer.process_losses),
+                "fg_per_image": float(fg[0]) if fg is not None and fg[1] == iteration else None}
+        gathered = comm.all_gather(mine)
+        if not comm.is_main_process():
+            return
+        self.per_process.append(gathered)
         self.losses.append({name: float(value) for name, (value, it) in latest.items()
                             if it == iteration and (name == "total_loss" or name.startswith("loss"))})
         if iteration + 1 == self.trainer.max_iter:
@@ -123,7 +129,19 @@ class LossRecorder(hooks.HookBase):
 
 
 class _CheckTrainer(TransferTrainer):
-    """The transfer trainer with its training hooks only (LR schedule, precise BN) and a :class:`LossRecorder`."""
+    """The transfer trainer with its training hooks only (LR schedule, precise BN) and a :class:`LossRecorder`,
+    which also sees this process's own losses of each step (``process_losses``)."""
+
+    def __init__(self, cfg):
+        self.process_losses = {}
+        super().__init__(cfg)
+        write = self._trainer._write_metrics
+
+        def write_metrics(loss_dict, *args, **kwargs):
+            self.process_losses = {k: float(v.detach()) for k, v in loss_dict.items()}
+            return write(loss_dict, *args, **kwargs)
+
+        self._trainer._write_metrics = write_metrics
 
     def build_writers(self):
         return []
@@ -177,7 +195,8 @@ def train_and_record(config_file, opts, record_path, strict=False):
         trainer.train()
     if comm.is_main_process():
         recorder = trainer.recorder
-        torch.save({"world_size": comm.get_world_size(), "losses": recorder.losses, "initial": recorder.initial,
+        torch.save({"world_size": comm.get_world_size(), "losses": recorder.losses,
+                    "per_process": recorder.per_process, "initial": recorder.initial,
                     "trained": recorder.trained,
                     "precise_bn": recorder.final if cfg.TEST.PRECISE_BN.ENABLED else None}, record_path)
     comm.synchronize()
@@ -287,7 +306,8 @@ def check_invariance(config_file, counts, opts=(), iterations=DEFAULT_ITERATIONS
     if bad:
         raise UsageError(f"the global batch {batch} is not divisible by {', '.join(map(str, bad))} processes; "
                          "give --ims-per-batch")
-    args = argparse.Namespace(config_file=config_file, opts=list(opts), eval_only=False)
+    args = argparse.Namespace(config_file=config_file, opts=list(opts), eval_only=False, resume=False,
+                              random_init=False, trust_pickle=False)
     fixed = prepare(args, max(counts))  # checks config and data once; fixes one SEED for every run
     seed = fixed[fixed.index("SEED") + 1] if "SEED" in fixed[::2] else None
     device = "cuda" if torch.cuda.is_available() else "cpu (gloo)"
@@ -353,8 +373,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """``tools/check_invariance.py``: 0 when the runs agree within the tolerance, 1 when not, 2 for usage errors."""
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         with one_line_errors(PROG, ConfigError, DatasetError, UsageError):
             _, _, same = check_invariance(args.config_file, args.num_gpus, args.opts, args.iterations,
                                           args.ims_per_batch, args.precise_bn_iters, args.strict, args.tolerance)
