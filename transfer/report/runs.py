@@ -151,12 +151,14 @@ def _protocol_fields(record):
     return protocol or None, tuple(deviations)
 
 
-def deviation_text(deviation):
-    """``SOLVER.MAX_ITER 2 instead of 90000: shortened schedule`` (``, documented`` when the protocol's file
-    or the linear scaling rule explains it)."""
-    d = deviation
-    text = f"{d['key']} {d.get('actual')!r} instead of {d.get('expected')!r}: {d.get('why', 'changed setting')}"
-    return text + (" (documented)" if d.get("documented") else "")
+def deviations_text(deviations):
+    """The deviations of one run, those with the same reason in one clause:
+    ``INPUT.FORMAT 'RGB' instead of 'BGR', MODEL.PIXEL_STD [...] instead of [...]: why (documented); ...``."""
+    groups = {}
+    for d in deviations:
+        reason = d.get("why", "changed setting") + (" (documented)" if d.get("documented") else "")
+        groups.setdefault(reason, []).append(f"{d['key']} {d.get('actual')!r} instead of {d.get('expected')!r}")
+    return "; ".join(f"{', '.join(keys)}: {reason}" for reason, keys in groups.items())
 
 
 def read_config_summary(path):

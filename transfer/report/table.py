@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pretrain.common.runs import MODES
 from transfer.report.references import arch_of_task, select_references
-from transfer.report.runs import deviation_text
+from transfer.report.runs import deviations_text
 from transfer.report.significance import MIN_SEEDS, compare, compare_summaries, t_interval
 
 MODE_LABELS = {"finetune": "fine-tuned", "frozen": "frozen"}
@@ -249,7 +249,7 @@ def _protocol_notes(table, backbone, mode, runs):
     off = []
     for r in runs:
         if r.protocol_alterations():
-            reasons = "; ".join(map(deviation_text, r.protocol_alterations()))
+            reasons = deviations_text(r.protocol_alterations())
             off.append(f"seed {r.seed} (claims {r.protocol}): {reasons}")
             table.off_protocol_runs.setdefault((r.protocol, reasons), {}).setdefault(who, []).append(r.seed)
     table.off_protocol[:] = [_off_protocol_entry(claim, reasons, by_who)
