@@ -23,6 +23,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
+@pytest.fixture(autouse=True)
+def _no_handlers_on_closed_streams():
+    """A command run in a test sets up log handlers on that test's streams (capsys closes them after it), and
+    Detectron2's ``setup_logger`` remembers its calls: after each test, handlers writing to a closed stream are
+    removed and the memory cleared, so that a later test (in any order, in any pytest-xdist worker) logs to
+    its own streams instead of failing with "I/O operation on closed file"."""
+    import logging
+    import sys
+
+    yield
+    loggers = [logging.getLogger()] + [log for log in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(log, logging.Logger)]
+    removed = False
+    for log in loggers:
+        for handler in list(log.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                log.removeHandler(handler)
+                removed = True
+    d2_logger = sys.modules.get("detectron2.utils.logger")
+    if removed and d2_logger is not None:
+        d2_logger.setup_logger.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """COCO, keypoints, VOC, LVIS and ImageNet-style data, written once, as $DETECTRON2_DATASETS."""

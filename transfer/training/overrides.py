@@ -12,7 +12,7 @@ import re
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["all_keys", "closest_key", "check_overrides", "merge_file"]
+__all__ = ["all_keys", "closest_key", "lookup_key", "check_overrides", "merge_file"]
 
 _MISSING = re.compile(r"Non-existent (?:config )?key: (\S+)")
 _MISMATCH = re.compile(r"Type mismatch \((<class '(\w+)'>) vs\. (<class '(\w+)'>)\)")
@@ -49,10 +49,12 @@ def _unknown(cfg, key, where):
     return f"{where}unknown config key {key}" + (f" (did you mean {hint}?)" if hint else "")
 
 
-def _lookup(cfg, key):
-    node = cfg
+def lookup_key(tree, key):
+    """``(value, True)`` of the dotted ``key`` in a config or a nested dict (a CfgNode is a dict), or
+    ``(None, False)`` when it is not there."""
+    node = tree
     for part in key.split("."):
-        if not isinstance(node, CN) or part not in node:
+        if not isinstance(node, dict) or part not in node:
             return None, False
         node = node[part]
     return node, True
@@ -70,7 +72,7 @@ def check_overrides(cfg, opts, error=ValueError):
     if len(opts) % 2:
         raise error(f"command-line overrides must be KEY VALUE pairs; got {len(opts)} words (last: {opts[-1]!r})")
     for key, value in zip(opts[0::2], opts[1::2]):
-        current, found = _lookup(cfg, key)
+        current, found = lookup_key(cfg, key)
         if not found:
             raise error(_unknown(cfg, key, "command line: "))
         if isinstance(current, CN):

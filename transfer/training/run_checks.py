@@ -18,6 +18,7 @@ import yaml
 from pretrain.common.fileio import unwritable_reason
 from pretrain.common.runs import CONFIG_FILE
 from pretrain.common.safe_load import CheckpointError, read_checkpoint
+from transfer.training.overrides import lookup_key
 
 __all__ = ["RESUME_KEYS", "LAST_CHECKPOINT", "check_output_dir", "check_weights", "has_checkpoint", "check_resume",
            "evaluated_weights"]
@@ -61,15 +62,6 @@ def check_weights(path, trust_pickle=False, error=ValueError):
         raise error(f"MODEL.WEIGHTS {e}") from None
 
 
-def _value(tree, key):
-    node = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None, False
-        node = node[part]
-    return node, True
-
-
 def _same(a, b):
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -109,10 +101,10 @@ def check_resume(cfg, out_dir, trust_pickle=False, error=ValueError):
         raise error(f"--resume: {saved_path} is not a config")
     changed = []
     for key in RESUME_KEYS:
-        old, found = _value(saved, key)
+        old, found = lookup_key(saved, key)
         if not found:
             continue
-        new, _ = _value(cfg, key)
+        new, _ = lookup_key(cfg, key)
         if not _same(old, new):
             changed.append(f"{key} {old!r} -> {new!r}")
     if changed:

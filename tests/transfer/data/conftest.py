@@ -5,18 +5,8 @@ import sys
 
 import pytest
 
+import file_tree
 from pretrain.common.paths import REPO_ROOT
-
-
-def _read_tree(root):
-    """``{path relative to root: bytes}`` of every file under ``root``."""
-    files = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 def _run_make_synthetic_data(*args):
@@ -28,7 +18,7 @@ def _run_make_synthetic_data(*args):
 @pytest.fixture
 def read_tree():
     """The function ``read_tree(root)``: every file under ``root`` with its bytes, by relative path."""
-    return _read_tree
+    return file_tree.read_tree
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from file_tree import read_tree
 from pretrain.common.paths import REPO_ROOT
 from tool_loader import load_tool
 from transfer.training.config import TINY_OVERRIDES
@@ -38,17 +39,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def _tree(folder):
-    """{relative path: bytes} of every file under ``folder`` (what a refused run must leave as it was)."""
-    found = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, folder)] = f.read()
-    return found
 
 
 def _one_line(err, prog, *words):
@@ -78,24 +68,24 @@ def watched(tmp_path):
 def test_crafted_pth_as_model_weights_is_one_line_naming_the_flag(watched, capsys):
     marker = watched / "pwned"
     torch.save({"model": Payload(str(marker))}, watched / "w.pth")
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, *TINY_OVERRIDES, "MODEL.WEIGHTS", str(watched / "w.pth"),
                            "OUTPUT_DIR", str(watched / "out"))
     assert code == 2
     line = _one_line(err, "train_net", "w.pth", "--trust-pickle", "arbitrary code")
     assert "weights_only" not in line
-    assert not marker.exists() and _tree(watched) == before
+    assert not marker.exists() and read_tree(watched) == before
 
 
 def test_crafted_pkl_as_model_weights_is_refused(watched, capsys):
     marker = watched / "pwned"
     with open(watched / "w.pkl", "wb") as f:
         pickle.dump({"model": {"x": Payload(str(marker))}, "__author__": "x"}, f)
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "MODEL.WEIGHTS", str(watched / "w.pkl"), "OUTPUT_DIR", str(watched / "out"))
     assert code == 2
     _one_line(err, "train_net", "w.pkl", "--trust-pickle")
-    assert not marker.exists() and _tree(watched) == before
+    assert not marker.exists() and read_tree(watched) == before
 
 
 def test_resume_refuses_a_crafted_checkpoint_before_writing(watched, capsys):
@@ -105,11 +95,11 @@ def test_resume_refuses_a_crafted_checkpoint_before_writing(watched, capsys):
     with open(out / "model_0000003.pkl", "wb") as f:
         pickle.dump({"model": {"x": Payload(str(marker))}, "__author__": "x"}, f)
     (out / "last_checkpoint").write_text("model_0000003.pkl")
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "--resume", *TINY_OVERRIDES, *R18, "OUTPUT_DIR", str(out))
     assert code == 2
     _one_line(err, "train_net", "model_0000003.pkl", "--trust-pickle")
-    assert not marker.exists() and _tree(watched) == before  # no config.yaml, no log.txt
+    assert not marker.exists() and read_tree(watched) == before  # no config.yaml, no log.txt
 
 
 def test_crafted_weights_in_a_sweep_point_to_a_one_time_conversion(watched, capsys):
@@ -121,13 +111,13 @@ def test_crafted_weights_in_a_sweep_point_to_a_one_time_conversion(watched, caps
     (watched / "s.yaml").write_text(
         "# a sweep (Table 0)\nname: s\nbackbones:\n  b: " + str(watched / "w.pkl") + "\n"
         "tasks: [voc_faster_rcnn_R_50_C4_24k]\nmodes: [frozen]\nseeds: [0]\n")
-    before = _tree(watched)
+    before = read_tree(watched)
     with pytest.raises(SystemExit) as stop:
         load_tool("submit").main(["sweep", str(watched / "s.yaml"), "--dry-run", "--output-root", str(watched / "out")])
     assert stop.value.code == 2
     line = _one_line(capsys.readouterr().err, "submit sweep", "w.pkl", "convert_backbone.py --trust-pickle")
     assert "pass --trust-pickle" not in line
-    assert not marker.exists() and _tree(watched) == before
+    assert not marker.exists() and read_tree(watched) == before
 
 
 @pytest.mark.parametrize("key, value", [("MODEL.WEIGHTS", "other.pkl"), ("OUTPUT_DIR", "/tmp/elsewhere")])
@@ -135,11 +125,11 @@ def test_weights_meta_may_set_only_architecture_and_pixel_format(watched, capsys
     with open(watched / "w.pkl", "wb") as f:
         pickle.dump({"model": {"x": np.zeros(2, np.float32)}, "__author__": "x",
                      "meta": {"cfg": {key: value}}}, f)
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "MODEL.WEIGHTS", str(watched / "w.pkl"), "OUTPUT_DIR", str(watched / "out"))
     assert code == 2
     _one_line(err, "train_net", key, "meta['cfg'] may set only")
-    assert _tree(watched) == before
+    assert read_tree(watched) == before
 
 
 def test_crafted_pretraining_checkpoint_on_resume_names_the_flag(synthetic_root, watched, capsys):
@@ -148,7 +138,7 @@ def test_crafted_pretraining_checkpoint_on_resume_names_the_flag(synthetic_root,
     out = watched / "pre"
     out.mkdir()
     torch.save({"state_dict": Payload(str(marker)), "iter": 1}, out / "checkpoint_last.pth")
-    before = _tree(watched)
+    before = read_tree(watched)
     code = load_tool("pretrain_backbone").main(
         ["--config-file", os.path.join(REPO_ROOT, "configs", "pretrain", "moco_v2_R_50.yaml"), "--resume",
          "DATA.ROOT", str(root / "imagenet"), "MODEL.ARCH", "resnet18", "SOLVER.BATCH_SIZE", "8", "MOCO.K", "16",
@@ -157,19 +147,19 @@ def test_crafted_pretraining_checkpoint_on_resume_names_the_flag(synthetic_root,
     assert code == 2
     line = _one_line(err, "pretrain_backbone", "checkpoint_last.pth", "--trust-pickle")
     assert "truncated" not in line and "corrupt" not in line
-    assert not marker.exists() and _tree(watched) == before
+    assert not marker.exists() and read_tree(watched) == before
 
 
 def test_crafted_checkpoint_to_the_converter_names_the_flag(watched, capsys):
     marker = watched / "pwned"
     torch.save({"state_dict": Payload(str(marker))}, watched / "ckpt.pth")
-    before = _tree(watched)
+    before = read_tree(watched)
     with pytest.raises(SystemExit) as stop:
         load_tool("convert_backbone").main([str(watched / "ckpt.pth"), str(watched / "out.pkl")])
     assert stop.value.code == 2
     line = _one_line(capsys.readouterr().err, "convert_backbone", "ckpt.pth", "--trust-pickle")
     assert "truncated" not in line
-    assert not marker.exists() and _tree(watched) == before
+    assert not marker.exists() and read_tree(watched) == before
 
 
 @pytest.mark.parametrize("tool", ["train_net", "pretrain_backbone", "convert_backbone", "linear_eval", "knn_eval",
@@ -191,11 +181,11 @@ def test_trust_pickle_is_a_flag_of_every_entry_point_that_loads_checkpoints(tool
     (["SOLVER"], ["KEY VALUE pairs"]),
 ])
 def test_bad_overrides_are_one_line_before_anything_is_written(watched, capsys, pair, words):
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "OUTPUT_DIR", str(watched / "out"), *pair)
     assert code == 2
     _one_line(err, "train_net", *words)
-    assert _tree(watched) == before and not (watched / "out").exists()
+    assert read_tree(watched) == before and not (watched / "out").exists()
 
 
 def test_unknown_key_in_a_config_file_names_the_file_and_the_closest_key(watched, capsys):
@@ -223,27 +213,27 @@ def _finished_run(out):
 def test_resume_with_another_architecture_names_the_changed_keys(watched, capsys):
     out = watched / "run"
     _finished_run(out)
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "--resume", *TINY_OVERRIDES, "MODEL.RESNETS.DEPTH", "34",
                            "MODEL.ROI_BOX_HEAD.FC_DIM", "128", "OUTPUT_DIR", str(out))
     assert code == 2
     _one_line(err, "train_net", "MODEL.RESNETS.DEPTH 18 -> 34", "MODEL.ROI_BOX_HEAD.FC_DIM 64 -> 128")
-    assert _tree(watched) == before  # config.yaml not overwritten
+    assert read_tree(watched) == before  # config.yaml not overwritten
 
 
 def test_resume_with_last_checkpoint_naming_no_file(watched, capsys):
     out = watched / "run"
     _finished_run(out)
     os.remove(out / "model_0000003.pth")
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "--resume", *TINY_OVERRIDES, *R18, "OUTPUT_DIR", str(out))
     assert code == 2
     _one_line(err, "train_net", "last_checkpoint", "model_0000003.pth")
-    assert _tree(watched) == before
+    assert read_tree(watched) == before
 
 
 def test_eval_only_without_weights_is_refused_unless_asked(watched, capsys):
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, "--eval-only", *TINY_OVERRIDES, "OUTPUT_DIR", str(watched / "out"))
     assert code == 2
     _one_line(err, "train_net", "--eval-only needs weights", "--random-init")
@@ -251,7 +241,7 @@ def test_eval_only_without_weights_is_refused_unless_asked(watched, capsys):
         load_tool("train_net").main(["--config-file", FPN, "--random-init"])
     assert stop.value.code == 2
     _one_line(capsys.readouterr().err, "train_net", "--random-init goes with --eval-only")
-    assert _tree(watched) == before
+    assert read_tree(watched) == before
 
 
 def test_eval_only_record_says_what_was_evaluated_and_stays_out_of_the_table(synthetic_root, tmp_path, capsys):
@@ -280,11 +270,11 @@ def test_output_dir_that_cannot_be_written_is_one_line(watched, capsys, make):
         (watched / "ro").mkdir()
         os.chmod(watched / "ro", 0o555)
         target = watched / "ro" / "out"
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, *TINY_OVERRIDES, "OUTPUT_DIR", str(target))
     assert code == 2
     _one_line(err, "train_net", "OUTPUT_DIR", str(target))
-    assert _tree(watched) == before
+    assert read_tree(watched) == before
 
 
 def test_truncated_pth_weights_are_one_line_before_the_model_is_built(watched, capsys, monkeypatch):
@@ -295,12 +285,12 @@ def test_truncated_pth_weights_are_one_line_before_the_model_is_built(watched, c
     (watched / "w.pth").write_bytes(data[: len(data) // 2])
     monkeypatch.setattr(trainer.TransferTrainer, "build_model",
                         classmethod(lambda cls, cfg: pytest.fail("model built before the weights were checked")))
-    before = _tree(watched)
+    before = read_tree(watched)
     code, err = _train_net(capsys, *TINY_OVERRIDES, "MODEL.WEIGHTS", str(watched / "w.pth"),
                            "OUTPUT_DIR", str(watched / "out"))
     assert code == 2
     _one_line(err, "train_net", "w.pth", "truncated or corrupt")
-    assert _tree(watched) == before
+    assert read_tree(watched) == before
 
 
 # ----------------------------------------------------------------------------- pretraining (13)
