@@ -1,4 +1,4 @@
-"""Hostile but realistic inputs against the real entry points (issue 16; the table is docs/bad_inputs.md).
+"""Hostile but realistic inputs against the real entry points (the table of cases is docs/bad_inputs.md).
 
 Every case checks: exit status 2, one line ``prog: error: ...`` naming the problem, no traceback, nothing
 written or overwritten, and for crafted pickles that the payload did not run (its marker file is absent).
