@@ -52,10 +52,12 @@ def check_output_dir(folder, error=ValueError):
 
 def check_weights(path, trust_pickle=False, error=ValueError):
     """Open ``MODEL.WEIGHTS`` once with the safe reader (a ``.pkl`` was read for its meta already)."""
-    if not path or path.endswith(".pkl"):
+    if not path:
         return
     if not os.path.isfile(path):
         raise error(f"MODEL.WEIGHTS file not found: {path}")
+    if path.endswith(".pkl"):
+        return
     try:
         read_checkpoint(path, trust_pickle=trust_pickle)
     except CheckpointError as e:

@@ -137,8 +137,6 @@ def prepare(args, world_size):
             out_dir = os.path.join(out_dir, "eval_only")
         opts += ["OUTPUT_DIR", out_dir]
     check_output_dir(out_dir, ConfigError)
-    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise ConfigError(f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
     check_weights(cfg.MODEL.WEIGHTS, trust, ConfigError)  # crafted or damaged: one line, before any model
     if args.resume:
         check_resume(cfg, out_dir, trust, ConfigError)  # before Detectron2 rewrites config.yaml
