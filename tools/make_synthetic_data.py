@@ -2,7 +2,7 @@
 """Write real-format synthetic datasets (COCO, keypoints, VOC, LVIS, ImageNet folders, CDP) under a root.
 
     python tools/make_synthetic_data.py --root DIR [--kinds coco,keypoints,voc,lvis,imagenet,cdp]
-                                        [--num-images N] [--seed S] [--image-size PX]
+                                        [--num-images N] [--seed S] [--image-size PX] [--object-colours class|random]
                                         [--cdp-image-size PX] [--cdp-background FOLDER] [--cdp-mix W]
 
 Then ``DETECTRON2_DATASETS=DIR`` makes Detectron2's builtin names (coco_2017_train, voc_2007_test,
@@ -43,6 +43,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help=f"longest image side in pixels, at most (default: {DEFAULT_IMAGE_SIZE})")
+    parser.add_argument("--object-colours", choices=("class", "random"), default="class",
+                        help="class: every shape in its class's colour (colour alone tells the class); random: a "
+                             "vivid random colour per shape, so the class is its outline and texture (default: class)")
     cdp = parser.add_argument_group("CDP (--kinds cdp)")
     cdp.add_argument("--cdp-image-size", type=int, default=None,
                      help=f"side of the square CDP images in pixels (default: {CDP_DEFAULT_IMAGE_SIZE})")
@@ -56,7 +59,8 @@ def main(argv=None):
     with one_line_errors(PROG, SyntheticDataError, OSError, status=ERROR_STATUS):
         counts = write_synthetic(args.root, kinds=args.kinds, num_images=args.num_images, seed=args.seed,
                                  image_size=args.image_size, cdp_image_size=args.cdp_image_size,
-                                 cdp_background=args.cdp_background, cdp_mix=args.cdp_mix)
+                                 cdp_background=args.cdp_background, cdp_mix=args.cdp_mix,
+                                 object_colours=args.object_colours)
     rows = list(_rows(counts))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

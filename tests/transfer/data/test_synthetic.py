@@ -149,6 +149,29 @@ def test_objects_are_drawn_where_annotated_with_a_colour_per_class(written):
     assert (predicted == y_val).mean() >= 0.9
 
 
+def test_random_object_colours_leave_colour_no_clue_to_the_class(tmp_path):
+    """object_colours="random": the masks still hold their objects, but the colour-centroid classifier that
+    the class colours make near-perfect (test above) falls towards chance, and one class shows many hues."""
+    root = str(tmp_path)
+    counts = write_synthetic(root, kinds=("coco",), num_images=NUM_IMAGES, seed=0, image_size=128,
+                             object_colours="random")
+    with open(os.path.join(root, "SYNTHETIC.json")) as f:
+        assert json.load(f)["object_colours"] == "random"
+    coco = {split: _coco(os.path.join(root, "coco", "annotations", f"instances_{split}.json"))
+            for split in ("train2017", "val2017")}
+    assert counts["coco"]["train2017"]["annotations"] == len(coco["train2017"].getAnnIds())
+    X_train, y_train = _mask_colours(root, "train2017", coco["train2017"])
+    X_val, y_val = _mask_colours(root, "val2017", coco["val2017"])
+    categories = sorted(set(y_train))
+    centroids = np.stack([X_train[y_train == c].mean(0) for c in categories])
+    predicted = np.array(categories)[((X_val[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
+    assert (predicted == y_val).mean() < 0.6
+    circles = X_train[y_train == 37]  # COCO "sports ball": the circles, red in the class colours
+    assert len(circles) >= 3 and circles.std(0).max() > 30
+    with pytest.raises(SyntheticDataError, match="object colours 'pastel'"):
+        write_synthetic(tmp_path / "x", object_colours="pastel")
+
+
 # ------------------------------------------------------------------------------------ keypoints
 
 def test_keypoints_load_through_detectron2(written):

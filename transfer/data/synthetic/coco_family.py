@@ -16,7 +16,7 @@ from transfer.data.synthetic.lvis import lvis_categories, lvis_file
 from transfer.data.synthetic.scenes import detection_scene, empty_flags
 
 
-def write_coco_family(root, kinds, n_train, n_val, seed, image_size):
+def write_coco_family(root, kinds, n_train, n_val, seed, image_size, colours="class"):
     """Write the COCO images and the annotation files of those of coco, keypoints, lvis in ``kinds``.
 
     Returns ``{kind: {split: counts}}`` for each of these kinds (LVIS splits: ``train``/``val``).
@@ -35,7 +35,7 @@ def write_coco_family(root, kinds, n_train, n_val, seed, image_size):
         os.makedirs(folder, exist_ok=True)
         images, records = [], []
         for image_id, empty in zip(image_ids, empty_flags(rng, len(image_ids))):
-            scene = detection_scene(rng, image_size, bool(empty))
+            scene = detection_scene(rng, image_size, bool(empty), colours=colours)
             file_name = f"{image_id:012d}.jpg"
             write_bytes_atomic(os.path.join(folder, file_name), jpeg_bytes(scene.pixels(rng)))
             images.append({"license": 1, "file_name": file_name,

@@ -1,7 +1,7 @@
 """ImageNet-style class folders ``imagenet/{train,val}/<wnid>/*.JPEG`` (pretraining, kNN monitor).
 
 Ten classes named by real wnids (the Imagenette classes), one synthetic shape each; every image shows
-one large object of its class's shape, with ImageNet's file names (``<wnid>_<n>.JPEG`` in train,
+one large object of its class's shape (in its class's colour, or a random one: ``colours``), with ImageNet's file names (``<wnid>_<n>.JPEG`` in train,
 ``ILSVRC2012_val_<n>.JPEG`` in val).
 """
 import os
@@ -17,7 +17,7 @@ from transfer.data.synthetic.drawing import random_image_shape
 from transfer.data.synthetic.scenes import Scene, add_shape
 
 
-def write_imagenet(root, n_train, n_val, seed, image_size):
+def write_imagenet(root, n_train, n_val, seed, image_size, colours="class"):
     """Write ``n_train`` (``n_val``) images per class; return ``{split: {"images", "classes"}}``."""
     counts = {}
     for split, per_class in (("train", n_train), ("val", n_val)):
@@ -32,7 +32,7 @@ def write_imagenet(root, n_train, n_val, seed, image_size):
             numbers = sorted(rng.choice(np.arange(1, 20000), per_class, replace=False))
             for number in numbers:
                 h, w = random_image_shape(rng, image_size)
-                scene = Scene(h, w, rng)
+                scene = Scene(h, w, rng, colours)
                 short = min(h, w)
                 if not add_shape(scene, shape.name, rng, 0.35 * short, 0.85 * short):
                     raise RuntimeError(f"could not place a {shape.name} in a {w}x{h} image")

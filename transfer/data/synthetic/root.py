@@ -12,6 +12,7 @@ from transfer.data.synthetic.cdp import cdp_options, write_cdp
 from transfer.data.synthetic.coco_family import write_coco_family
 from transfer.data.synthetic.common import SyntheticDataError, check_integer, json_bytes
 from transfer.data.synthetic.imagenet import write_imagenet
+from transfer.data.synthetic.scenes import COLOUR_MODES
 from transfer.data.synthetic.voc import write_voc
 
 KINDS = ("coco", "keypoints", "voc", "lvis", "imagenet")
@@ -30,7 +31,8 @@ def split_sizes(num_images):
 
 
 def write_synthetic(root, kinds=KINDS, num_images=DEFAULT_NUM_IMAGES, seed=0,
-                    image_size=DEFAULT_IMAGE_SIZE, cdp_image_size=None, cdp_background=None, cdp_mix=None):
+                    image_size=DEFAULT_IMAGE_SIZE, cdp_image_size=None, cdp_background=None, cdp_mix=None,
+                    object_colours="class"):
     """Write the synthetic datasets ``kinds`` under ``root``; return what was written.
 
     Returns ``{kind: {dataset_or_split: {"images": int, "annotations": int, ...}}}``:
@@ -41,6 +43,10 @@ def write_synthetic(root, kinds=KINDS, num_images=DEFAULT_NUM_IMAGES, seed=0,
     ``annotations``; ``imagenet``: ``train``/``val`` with ``images``, ``classes``; ``cdp``: ``train``/``val``
     with ``images``, ``classes`` (colour x digit x position combinations).
 
+    ``object_colours``: ``"class"`` (every shape in its class's colour: colour alone tells the class) or
+    ``"random"`` (a vivid random colour per shape: the class is its outline and texture), for the COCO
+    family, VOC and ImageNet kinds.
+
     ``cdp_image_size``, ``cdp_background`` and ``cdp_mix`` are :func:`make_cdp`'s ``image_size``,
     ``background`` and ``mix`` (defaults there); ``image_size`` does not apply to CDP.
 
@@ -48,6 +54,8 @@ def write_synthetic(root, kinds=KINDS, num_images=DEFAULT_NUM_IMAGES, seed=0,
     folders to write and is not a previous synthetic output (it may be real data).
     """
     kinds = _check_arguments(kinds, num_images, seed, image_size)
+    if object_colours not in COLOUR_MODES:
+        raise SyntheticDataError(f"object colours {object_colours!r}: choose from {', '.join(COLOUR_MODES)}")
     num_images, seed, image_size = int(num_images), int(seed), int(image_size)
     cdp = None
     if "cdp" in kinds:
@@ -58,7 +66,8 @@ def write_synthetic(root, kinds=KINDS, num_images=DEFAULT_NUM_IMAGES, seed=0,
     _check_root(root, kinds)
     os.makedirs(root, exist_ok=True)
     marker = {"writer": "transfer.data.synthetic", "kinds": list(kinds), "num_images": num_images, "seed": seed,
-              "image_size": image_size}
+              "image_size": image_size,
+              "object_colours": object_colours}
     if cdp is not None:
         marker["cdp"] = {"image_size": cdp["image_size"], "mix": cdp["mix"],
                          "background": os.path.abspath(cdp["background"]) if cdp["background"] else "generated"}
@@ -66,11 +75,11 @@ def write_synthetic(root, kinds=KINDS, num_images=DEFAULT_NUM_IMAGES, seed=0,
     n_train, n_val = split_sizes(num_images)
     counts = {}
     if {"coco", "keypoints", "lvis"} & set(kinds):
-        counts.update(write_coco_family(root, kinds, n_train, n_val, seed, image_size))
+        counts.update(write_coco_family(root, kinds, n_train, n_val, seed, image_size, object_colours))
     if "voc" in kinds:
-        counts["voc"] = write_voc(root, n_train, n_val, seed, image_size)
+        counts["voc"] = write_voc(root, n_train, n_val, seed, image_size, object_colours)
     if "imagenet" in kinds:
-        counts["imagenet"] = write_imagenet(root, n_train, n_val, seed, image_size)
+        counts["imagenet"] = write_imagenet(root, n_train, n_val, seed, image_size, object_colours)
     if cdp is not None:
         counts["cdp"] = write_cdp(root, n_train, n_val, seed, **cdp)
     return {kind: counts[kind] for kind in kinds}

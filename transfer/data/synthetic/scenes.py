@@ -4,7 +4,14 @@ A :class:`Scene` keeps the objects apart (never a shared pixel, a one-pixel gap 
 object's polygons are exactly what was painted. Objects are dicts: ``cls`` (shape name or ``person``),
 ``segmentation`` (COCO polygons) or ``rle`` with ``crowd`` True, ``bbox`` (COCO x, y, w, h), ``mask_area``,
 ``mask_box`` (inclusive pixel box) and, for people, ``keypoints``.
+
+Colours (``colours``): ``"class"`` paints every shape in its class's colour (colour alone then tells the
+class); ``"random"`` gives each shape, or each crowd, a vivid colour of its own (random hue), so that a
+class is its outline and texture, as in real photographs where colour says little about the class. The
+stick-figure person keeps its part colours in both.
 """
+import colorsys
+
 import numpy as np
 
 from transfer.data.synthetic.categories import DETECTION_SHAPES, PERSON, PERSON_COLOURS, SHAPE_BY_NAME
@@ -13,11 +20,18 @@ from transfer.data.synthetic.drawing import (background_pixels, coco_polygons, d
                                             stick_figure)
 
 
-class Scene:
-    """One image: its pixels and its objects (dicts with cls, polygons or rle, bbox, area, ...)."""
+COLOUR_MODES = ("class", "random")
 
-    def __init__(self, h, w, rng):
+
+class Scene:
+    """One image: its pixels and its objects (dicts with cls, polygons or rle, bbox, area, ...);
+    ``colours``: one of :data:`COLOUR_MODES` (see the module docstring)."""
+
+    def __init__(self, h, w, rng, colours="class"):
+        if colours not in COLOUR_MODES:
+            raise ValueError(f"colours {colours!r}: choose from {', '.join(COLOUR_MODES)}")
         self.h, self.w = h, w
+        self.colours = colours
         self.canvas = background_pixels(h, w, rng)
         self.occupied = np.zeros((h, w), bool)  # objects plus a one-pixel gap around them
         self.objects = []
@@ -38,6 +52,13 @@ class Scene:
         ys, xs = np.nonzero(mask)
         obj["mask_box"] = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))  # inclusive
         self.objects.append(obj)
+
+    def shape_colour(self, name, rng):
+        """The RGB colour of the next shape ``name``: its class's, or a vivid random one."""
+        if self.colours == "class":
+            return SHAPE_BY_NAME[name].colour
+        hue, saturation, value = rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0)
+        return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
 
     def pixels(self, rng):
         """The finished image (uint8 h x w x 3)."""
@@ -62,7 +83,7 @@ def add_shape(scene, name, rng, min_size, max_size):
         flat = coco_polygons(shape_polygons(name, cx, cy, size, rng))
         mask = scene.free_mask(flat)
         if mask is not None:
-            paint(scene.canvas, mask, shape.colour, shape.texture, rng)
+            paint(scene.canvas, mask, scene.shape_colour(name, rng), shape.texture, rng)
             scene.add({"cls": name, "segmentation": flat, "bbox": _polygon_box(polygon_points(flat))}, mask)
             return True
     return False
@@ -116,6 +137,7 @@ def add_crowd(scene, name, rng):
     gx = rng.uniform(radius + item, scene.w - radius - item)
     gy = rng.uniform(radius + item, scene.h - radius - item)
     group = np.zeros((scene.h, scene.w), bool)
+    colour = None if name == PERSON else scene.shape_colour(name, rng)
     for _ in range(int(rng.integers(4, 9))):
         cx, cy = gx + rng.uniform(-radius, radius), gy + rng.uniform(-radius, radius)
         if name == PERSON:
@@ -131,7 +153,7 @@ def add_crowd(scene, name, rng):
                 paint(scene.canvas, rasterize(coco_polygons(parts[part]), scene.h, scene.w) & mask,
                        PERSON_COLOURS[part], "solid", rng)
         else:
-            paint(scene.canvas, mask, SHAPE_BY_NAME[name].colour, SHAPE_BY_NAME[name].texture, rng)
+            paint(scene.canvas, mask, colour, SHAPE_BY_NAME[name].texture, rng)
         group |= mask
     if group.sum() == 0:
         return False
@@ -153,10 +175,10 @@ def _uncompressed_rle(mask):
     return {"counts": [int(c) for c in counts], "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
-def detection_scene(rng, image_size, empty, crowd=True):
+def detection_scene(rng, image_size, empty, crowd=True, colours="class"):
     """A detection image: shapes of DETECTION_SHAPES, stick figures, sometimes a crowd cluster."""
     h, w = random_image_shape(rng, image_size)
-    scene = Scene(h, w, rng)
+    scene = Scene(h, w, rng, colours)
     if not empty:
         short = min(h, w)
         classes = [s.name for s in DETECTION_SHAPES] + [PERSON]

@@ -12,7 +12,7 @@ from transfer.data.synthetic.common import jpeg_bytes, random_stream
 from transfer.data.synthetic.scenes import detection_scene
 
 
-def write_voc(root, n_train, n_val, seed, image_size):
+def write_voc(root, n_train, n_val, seed, image_size, colours="class"):
     """Write VOC2007 (train, val, test) and VOC2012 (train, val); return ``{VOC<year>: {split: counts}}``.
 
     Objects smaller than 12 pixels (and a few others at random) are marked difficult, at least one per year.
@@ -36,7 +36,7 @@ def write_voc(root, n_train, n_val, seed, image_size):
 
         scenes = {}
         for name in names:
-            scenes[name] = detection_scene(rng, image_size, empty=False, crowd=False)
+            scenes[name] = detection_scene(rng, image_size, empty=False, crowd=False, colours=colours)
             for obj in scenes[name].objects:
                 x0, y0, x1, y1 = obj["mask_box"]
                 obj["difficult"] = int(min(x1 - x0, y1 - y0) + 1 < 12 or rng.random() < 0.06)
