@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["ARCH_HELP", "parse_arch", "build_encoder", "trunk_forward", "feature_dim"]
+__all__ = ["ARCH_HELP", "HEADS", "parse_arch", "projection_head", "build_encoder", "trunk_forward", "feature_dim"]
 
 _BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
            101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
@@ -39,16 +39,41 @@ def feature_dim(name):
     return 512 * block.expansion
 
 
-def build_encoder(arch, head="linear", dim=128):
-    """torchvision ``ResNet`` whose ``fc`` is the projection head: ``Linear(C, dim)`` for ``"linear"``
-    (MoCo v1), ``Linear(C, C) - ReLU - Linear(C, dim)`` for ``"mlp"`` (MoCo v2; ``fc.0``, ``fc.2``)."""
-    block, layers, groups, width = parse_arch(arch)
-    net = ResNet(block, layers, num_classes=dim, groups=groups, width_per_group=width)
-    c = net.fc.in_features
+# MODEL.HEAD: the projection head after the pooled features
+HEADS = ("linear", "mlp", "mlp_bn")
+
+
+def projection_head(dim_in, dim_out, head, last=None):
+    """The projection head ``head`` (one of :data:`HEADS`) from ``dim_in`` to ``dim_out`` features:
+
+    - ``"linear"``: ``Linear(dim_in, dim_out)`` (MoCo v1, InstDisc);
+    - ``"mlp"``: ``Linear(dim_in, dim_in) - ReLU - Linear(dim_in, dim_out)`` (MoCo v2; ``.0``, ``.2``);
+    - ``"mlp_bn"``: ``Linear(dim_in, dim_in, bias=False) - BatchNorm1d - ReLU - Linear(dim_in, dim_out)``
+      (``.0``, ``.1``, ``.3``), the hidden layer batch-normalised as in SimCLR v2 and MoCo v3. With small
+      batches and short runs MoCo v2's plain MLP can collapse (every embedding along one direction, the
+      loss stuck at ln(K+1)); the BN keeps the embeddings of a batch apart.
+
+    ``last``: the output ``Linear`` to use (built here when None).
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown MODEL.HEAD {head!r}; use {', '.join(HEADS)}")
+    if head == "linear":
+        return last if last is not None else nn.Linear(dim_in, dim_out)
     if head == "mlp":
-        net.fc = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), net.fc)
-    elif head != "linear":
-        raise ValueError(f"unknown MODEL.HEAD {head!r}; use linear or mlp")
+        hidden = [nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True)]
+    else:
+        hidden = [nn.Linear(dim_in, dim_in, bias=False), nn.BatchNorm1d(dim_in), nn.ReLU(inplace=True)]
+    return nn.Sequential(*hidden, last if last is not None else nn.Linear(dim_in, dim_out))
+
+
+def build_encoder(arch, head="linear", dim=128):
+    """torchvision ``ResNet`` whose ``fc`` is the projection head :func:`projection_head` ``(C, dim, head)``
+    (the converter drops every ``fc.*`` key)."""
+    block, layers, groups, width = parse_arch(arch)
+    if head not in HEADS:
+        raise ValueError(f"unknown MODEL.HEAD {head!r}; use {', '.join(HEADS)}")
+    net = ResNet(block, layers, num_classes=dim, groups=groups, width_per_group=width)
+    net.fc = projection_head(net.fc.in_features, dim, head, last=net.fc)
     return net
 
 

@@ -37,7 +37,8 @@ _C = CN()
 _C.MODEL = CN()
 _C.MODEL.METHOD = "moco"          # a name in pretrain.methods.METHODS
 _C.MODEL.ARCH = "resnet50"        # a torchvision ResNet: resnet18/34/50/101/152, resnext*, wide_resnet*
-_C.MODEL.HEAD = "linear"          # projection head in the encoder's fc: "linear" (MoCo v1) or "mlp" (v2)
+_C.MODEL.HEAD = "linear"          # projection head in the encoder's fc: "linear" (MoCo v1), "mlp" (v2) or
+                                  # "mlp_bn" (BN in the hidden layer: keeps short small-batch runs from collapsing)
 _C.MODEL.DIM = 128                # embedding dimension (output of the head)
 # Numerics of the training step. PRECISION: "auto" = bf16 autocast on GPUs with bf16 and on CPUs with
 # native bf16 (avx512_bf16 / AMX), fp16 autocast + loss scaling on older GPUs, else fp32; or force one of

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-from pretrain.backbones import build_encoder, parse_arch, trunk_forward
+from pretrain.backbones import build_encoder, parse_arch, projection_head, trunk_forward
 from pretrain.data.lab_color import split_lab
 from pretrain.methods.memory_bank import MemoryBank
 from pretrain.methods.base import Method
@@ -63,12 +63,6 @@ def _init(module):
             nn.init.zeros_(m.bias)
 
 
-def _head(dim_in, dim_out, head):
-    if head == "mlp":
-        return nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
-    return nn.Linear(dim_in, dim_out)
-
-
 def build_view_encoder(arch, in_channels, head="linear", dim=128, width=1.0):
     """A torchvision ``ResNet`` (``MODEL.ARCH``) taking ``in_channels`` input channels, every width scaled by
     ``width``, with the projection head in ``fc``."""
@@ -82,7 +76,7 @@ def build_view_encoder(arch, in_channels, head="linear", dim=128, width=1.0):
             layer = net._make_layer(block, max(1, int(round(planes * width))), n, stride=1 if i == 0 else 2)
             _init(layer)
             setattr(net, f"layer{i + 1}", layer)
-        net.fc = _head(net.inplanes, dim, head)
+        net.fc = projection_head(net.inplanes, dim, head)
         _init(net.bn1)
     net.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
     _init(net.conv1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.backbones import build_encoder, feature_dim, trunk_forward
+from pretrain.backbones import build_encoder, feature_dim, projection_head, trunk_forward
 from pretrain.common.distributed import all_gather_cat, batch_shuffle, batch_unshuffle, get_world_size
 from pretrain.methods.base import Method, infonce_logits
 
@@ -41,19 +41,13 @@ def momentum_update(target, source, m):
     torch._foreach_add_(target, source, alpha=1.0 - m)
 
 
-def _projection(dim_in, dim_out, head):
-    if head == "mlp":
-        return nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
-    return nn.Linear(dim_in, dim_out)
-
-
 class JigsawHead(nn.Module):
     """Tile features (B*n x C, tiles of an image consecutive) -> one embedding per image (B x dim)."""
 
     def __init__(self, dim_in, dim_out, num_tiles, head="mlp"):
         super().__init__()
         self.num_tiles = num_tiles
-        self.fc1 = _projection(dim_in, dim_out, head)
+        self.fc1 = projection_head(dim_in, dim_out, head)
         self.fc2 = nn.Linear(dim_out * num_tiles, dim_out)
 
     def forward(self, x):

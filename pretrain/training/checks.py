@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from pretrain.backbones import parse_arch
+from pretrain.backbones import HEADS, parse_arch
 from pretrain.data.images import IMAGE_EXTENSIONS
 from pretrain.data.views import VIEWS, build_views
 from pretrain.methods import get_method_class
@@ -103,7 +103,7 @@ def check_config(cfg, world_size=1):
         raise PretrainError(str(e).strip("'\"")) from None
     if cfg.INPUT.VIEWS not in VIEWS:
         raise PretrainError(f"unknown INPUT.VIEWS {cfg.INPUT.VIEWS!r}; registered: {', '.join(sorted(VIEWS))}")
-    _check_choice("MODEL.HEAD", cfg.MODEL.HEAD, ("linear", "mlp"))
+    _check_choice("MODEL.HEAD", cfg.MODEL.HEAD, HEADS)
     _check_choice("MODEL.PRECISION", cfg.MODEL.PRECISION, ("auto", "fp32", "bf16", "fp16"))
     _check_choice("DEVICE", cfg.DEVICE, ("auto", "cpu", "cuda"))
     if cfg.DEVICE == "cuda" and not torch.cuda.is_available():

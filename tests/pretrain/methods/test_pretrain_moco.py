@@ -71,6 +71,27 @@ def test_encoder_matches_torchvision_layout():
     assert [k for k in mlp.state_dict() if k.startswith("fc.")] == ["fc.0.weight", "fc.0.bias", "fc.2.weight",
                                                                    "fc.2.bias"]
     assert mlp.fc[0].in_features == mlp.fc[0].out_features == 512 and mlp.fc[2].out_features == 16
+    bn = build_encoder("resnet18", "mlp_bn", 16)
+    assert [k for k in bn.state_dict() if k.startswith("fc.")] == [
+        "fc.0.weight", "fc.1.weight", "fc.1.bias", "fc.1.running_mean", "fc.1.running_var",
+        "fc.1.num_batches_tracked", "fc.3.weight", "fc.3.bias"]
+    with pytest.raises(ValueError, match="unknown MODEL.HEAD 'mlp2'"):
+        build_encoder("resnet18", "mlp2", 16)
+
+
+def test_bn_head_normalises_the_hidden_layer_over_the_batch():
+    """mlp_bn: in training the hidden pre-activations of a batch have mean 0 and variance 1 per unit (BN's
+    definition), so a common component of the features, which collapses the plain MLP head, is removed."""
+    torch.manual_seed(0)
+    net = build_encoder("resnet18", "mlp_bn", 16).train()
+    x = torch.randn(64, 512) + 5.0  # features with a large shared component
+    hidden = net.fc[1](net.fc[0](x))
+    assert torch.allclose(hidden.mean(0), torch.zeros(512), atol=1e-4)
+    assert torch.allclose(hidden.var(0, unbiased=False), torch.ones(512), atol=1e-3)
+    plain = build_encoder("resnet18", "mlp", 16).fc
+    cos = F.normalize(plain(x), dim=1) @ F.normalize(plain(x), dim=1).T
+    cos_bn = F.normalize(net.fc(x), dim=1) @ F.normalize(net.fc(x), dim=1).T
+    assert cos.mean() > 0.9 > 0.5 > cos_bn.mean()
 
 
 def test_momentum_update_formula():
