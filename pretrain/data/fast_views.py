@@ -40,6 +40,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from pretrain.common.rng import seed_cpu
 from pretrain.data.views import GaussianBlur, JigsawTiles, ViewPipeline
 
 try:  # noqa: SIM105 - an optional accelerator: without it the PIL backend runs
@@ -310,7 +311,7 @@ class FastViewPipeline(ViewPipeline):
     def __call__(self, image, seed=0):
         a = to_array(image)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            seed_cpu(seed)
             out = {f"view{i + 1}": to_chw(self.augment(a)) for i in range(self.num_views)}
             if self.jigsaw is not None:
                 out["jigsaw"], out["jigsaw_perm"] = self.jigsaw(a)

@@ -62,6 +62,7 @@ from PIL import ImageFilter
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from pretrain.common.rng import seed_cpu
 from pretrain.data.randaugment import RandAugment
 
 __all__ = ["VIEWS", "register_views", "build_views", "ViewPipeline", "JigsawTiles", "GaussianBlur",
@@ -104,7 +105,7 @@ class ViewPipeline:
 
     def __call__(self, image, seed=0):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            seed_cpu(seed)
             out = {f"view{i + 1}": TF.pil_to_tensor(self.augment(image)) for i in range(self.num_views)}
             if self.jigsaw is not None:
                 out["jigsaw"], out["jigsaw_perm"] = self.jigsaw(image)

@@ -33,6 +33,8 @@ from detectron2.data import DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils import comm
 
+from pretrain.common.rng import seed_cpu
+
 __all__ = ["SAMPLE_SEED_KEY", "seeded_rngs", "image_seed", "SeededMapDataset", "GlobalIndexStream",
            "GlobalBatchSampler", "build_resumable_train_loader"]
 
@@ -48,7 +50,7 @@ def seeded_rngs(seed):
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    seed_cpu(seed)
     try:
         yield
     finally:
