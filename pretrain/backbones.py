@@ -70,8 +70,6 @@ def build_encoder(arch, head="linear", dim=128):
     """torchvision ``ResNet`` whose ``fc`` is the projection head :func:`projection_head` ``(C, dim, head)``
     (the converter drops every ``fc.*`` key)."""
     block, layers, groups, width = parse_arch(arch)
-    if head not in HEADS:
-        raise ValueError(f"unknown MODEL.HEAD {head!r}; use {', '.join(HEADS)}")
     net = ResNet(block, layers, num_classes=dim, groups=groups, width_per_group=width)
     net.fc = projection_head(net.fc.in_features, dim, head, last=net.fc)
     return net
