@@ -5,7 +5,10 @@ the tiny CPU overrides and a ResNet-18: ``TINY_OVERRIDES``, ``MODEL.RESNETS.DEPT
 COCO data, from the same seeds, in this process, taking turns (project, Detectron2, project, ...: a busy
 machine slows both alike). Evaluation is left out (no test set); everything else of the run is in: the
 data loader (the project's resumable one, Detectron2's own), the hooks (the project's precise BN over all
-processes, RNG states in checkpoints), the writers.
+processes, RNG states in checkpoints), the writers. A third trainer, Detectron2's fed by the project's
+loader, sees the project's batches: the two loaders pair the images differently (and a pair is padded
+to its larger image), so the step costs of the first two differ by their batches too, and the third
+separates that from the trainer's own cost.
 
 Seconds per iteration are the intervals between the ends of consecutive iterations (what Detectron2's
 ``time`` metric measures), the first ``warmup`` of every round left out; the table gives the median over
@@ -93,15 +96,27 @@ def time_trainer(trainer_class, cfg, warmup):
 
 
 def bench_trainers(iters=20, warmup=5, rounds=3, mode="finetune", num_images=16, log=None):
-    """``{"project": [s/iter ...], "detectron2": [...], "rounds": {name: [median per round]}}``."""
+    """``{"project": [s/iter ...], "detectron2": [...], "detectron2_project_loader": [...],
+    "rounds": {name: [median per round]}}``; the third is Detectron2's trainer with the project's loader, so
+    that its difference to the project's trainer is the trainer's alone (the same batches)."""
     from detectron2.engine import DefaultTrainer
 
     from transfer.data.datasets import set_datasets_root
     from transfer.data.synthetic import write_synthetic
     from transfer.training.trainer import TransferTrainer
 
+    from transfer.data.loader import build_resumable_train_loader
+
+    class DefaultTrainerProjectLoader(DefaultTrainer):
+        """Detectron2's trainer fed by the project's loader: the project's trainer's images in each batch."""
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return build_resumable_train_loader(cfg)
+
     _quiet_detectron2()
-    trainers = (("project", TransferTrainer), ("detectron2", DefaultTrainer))
+    trainers = (("project", TransferTrainer), ("detectron2", DefaultTrainer),
+                ("detectron2_project_loader", DefaultTrainerProjectLoader))
     result = {name: [] for name, _ in trainers}
     result["rounds"] = {name: [] for name, _ in trainers}
     with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp:
@@ -122,16 +137,19 @@ def format_result(result, mode, iters, warmup, rounds):
     """The table and the ratio line."""
     rows = []
     for name, label in (("project", "project (transfer.training.trainer.TransferTrainer)"),
-                        ("detectron2", "Detectron2 DefaultTrainer")):
+                        ("detectron2", "Detectron2 DefaultTrainer"),
+                        ("detectron2_project_loader", "Detectron2 DefaultTrainer, project's loader")):
         times = result[name]
         rows.append((label, f"{statistics.median(times):.4f}", " ".join(f"{t:.4f}" for t in result["rounds"][name]),
                      len(times)))
-    ratio = statistics.median(result["project"]) / statistics.median(result["detectron2"])
+    median = {name: statistics.median(result[name]) for name in ("project", "detectron2", "detectron2_project_loader")}
     head = (f"Transfer step: {TASK}, TRANSFER.MODE {mode}, ResNet-18 with the tiny CPU overrides, synthetic COCO; "
             f"{rounds} round(s) of {warmup} warm-up + {iters} timed iterations each, trainers taking turns; "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     table = format_table(("trainer", "s/iter (median)", "median per round", "iterations"), rows)
-    return f"{head}\n{table}\nproject / Detectron2: {ratio:.3f}x"
+    return (f"{head}\n{table}\nproject / Detectron2: {median['project'] / median['detectron2']:.3f}x\n"
+            f"project / Detectron2 with the project's loader (the same images per batch: the trainer alone): "
+            f"{median['project'] / median['detectron2_project_loader']:.3f}x")
 
 
 def run_trainer_bench(iters=20, warmup=5, rounds=3, mode="finetune", threads=0, out=print, log=None):

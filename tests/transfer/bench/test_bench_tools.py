@@ -54,5 +54,8 @@ def test_bench_transfer_quick_prints_both_trainers(capsys):
     out = capsys.readouterr().out
     assert "project (transfer.training.trainer.TransferTrainer)" in out
     assert "Detectron2 DefaultTrainer" in out
+    assert "Detectron2 DefaultTrainer, project's loader" in out
     ratio = [line for line in out.splitlines() if line.startswith("project / Detectron2: ")]
     assert len(ratio) == 1 and ratio[0].endswith("x")
+    same_batches = [line for line in out.splitlines() if line.startswith("project / Detectron2 with the project's ")]
+    assert len(same_batches) == 1 and same_batches[0].endswith("x")
