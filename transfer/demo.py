@@ -48,7 +48,6 @@ class DemoSize:
     # collapses (all embeddings along one direction, the loss at ln(K+1)) and learns nothing
     head: str = "mlp_bn"
     pretrain_lr: float = 0.03
-    pretrain_overrides: tuple = ()
     # transfer overrides of this size: a 2-iteration model scores every box below the 0.05 test threshold,
     # so COCO evaluation would have no predictions and report NaN instead of a (near-zero) AP
     transfer_overrides: tuple = ()
@@ -173,7 +172,7 @@ def _pretrain_command(data_root, pre_dir, size):
         "SOLVER.MAX_ITER", str(size.pretrain_iters), "SOLVER.BASE_LR", str(size.pretrain_lr),
         "SOLVER.REFERENCE_BATCH_SIZE", str(size.pretrain_batch), "DATA.ROOT", os.path.join(data_root, "imagenet"),
         "DATA.NUM_WORKERS", "1", "LOG_PERIOD", "10", "KNN.PERIOD", str(KNN_AT_THE_END), "KNN.FEATURE", "backbone",
-        "SEED", "0", "OUTPUT_DIR", pre_dir, *size.pretrain_overrides])
+        "SEED", "0", "OUTPUT_DIR", pre_dir])
 
 
 def _transfer_job(runs_root, backbone, weights, mode, seed, size):
