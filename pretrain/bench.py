@@ -4,11 +4,17 @@
   (:func:`pretrain.training.trainer.train_step`: uint8 -> normalised input, query forward and backward, key
   forward, optimizer step, fused momentum update, enqueue) for MoCo v2 (MLP head, t 0.2) at a given
   arch / input size / batch / queue length, in fp32 NCHW, fp32 channels_last and our default numerics
-  (``MODEL.PRECISION auto`` + channels_last); and, when the ``lightly`` package is installed, the same step
+  (``MODEL.PRECISION auto`` + ``MODEL.CHANNELS_LAST auto``: the choice :mod:`pretrain.training.numerics`
+  timed and cached for this machine and shape); and, when the ``lightly`` package is installed, the same step
   written with lightly's MoCo building blocks as its documentation does (``MoCoProjectionHead``,
   ``NTXentLoss(memory_bank_size=...)``, ``update_momentum``; fp32, NCHW, float inputs).
 - :func:`bench_data`: images/s of one loader worker (a single process: decode + views of a sample) for
-  our ``moco_v2`` and ``infomin`` (+ JigSaw) view pipelines and lightly's ``MoCoV2Transform``.
+  our ``moco_v2`` and ``infomin`` (+ JigSaw) view pipelines on both backends (``INPUT.VIEW_BACKEND`` fast
+  and pil) and lightly's ``MoCoV2Transform`` (the same "aug+" recipe: crop scale 0.2-1, jitter
+  0.4/0.4/0.4/0.1 with p 0.8, grayscale 0.2, blur sigma 0.1-2 with p 0.5, flip), decoded as torchvision's
+  ImageFolder decodes (PIL, full size).
+- :func:`bench_loop`: whole training processes, loader workers included: the project's trainer and
+  lightly's documented MoCo loop (torchvision ImageFolder + ``MoCoV2Transform`` + DataLoader + the step).
 
 Configurations are timed in interleaved rounds and the best round is kept, so that a noisy shared machine
 disturbs every configuration alike.
@@ -50,12 +56,18 @@ class _OursStep:
         from pretrain.training.solver import autocast_dtype, build_optimizer, resolve_precision
         from pretrain.training.trainer import train_step
 
+        from pretrain.training.numerics import choose
+
         cfg = _moco_cfg(arch, size, batch, queue, precision, channels_last)
+        precision, channels_last, self.how = choose(arch, cfg.MODEL.HEAD, cfg.MODEL.DIM, size, batch, device,
+                                                    precision, channels_last)
         torch.manual_seed(0)
         self.method = build_method(cfg).to(device)
+        self.method.channels_last = channels_last
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.method.train()
+        self.channels_last = channels_last
         self.precision = resolve_precision(precision, device, size)
         self.dtype = autocast_dtype(self.precision)
         self.optimizer = build_optimizer(cfg, self.method.trainable_parameters())
@@ -107,17 +119,20 @@ class _LightlyStep:
         self.x_query = torch.randn(batch, 3, size, size, generator=g).to(device).contiguous(memory_format=fmt)
         self.x_key = torch.randn(batch, 3, size, size, generator=g).to(device).contiguous(memory_format=fmt)
 
-    def __call__(self):
+    def __call__(self, x_query=None, x_key=None):
         m = self.model
+        x_query = self.x_query if x_query is None else x_query.to(self.device)
+        x_key = self.x_key if x_key is None else x_key.to(self.device)
         self.update_momentum(m.backbone, m.backbone_momentum, m=0.999)
         self.update_momentum(m.projection_head, m.projection_head_momentum, m=0.999)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            query = m.projection_head(m.backbone(self.x_query).flatten(start_dim=1))
-            key = m.projection_head_momentum(m.backbone_momentum(self.x_key).flatten(start_dim=1)).detach()
+            query = m.projection_head(m.backbone(x_query).flatten(start_dim=1))
+            key = m.projection_head_momentum(m.backbone_momentum(x_key).flatten(start_dim=1)).detach()
         loss = self.criterion(query.float(), key.float())
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        return loss
 
 
 def _sync(device):
@@ -149,11 +164,11 @@ def bench_step(arch="resnet18", size=64, batch=32, queue=4096, device="cpu", ite
     device = torch.device(device)
     fns, meta = {}, {}
     ours = {"ours fp32": ("fp32", False), "ours fp32 channels_last": ("fp32", True),
-            "ours default": ("auto", True)}
+            "ours default (timed choice)": ("auto", "auto")}
     for name, (precision, cl) in ours.items():
         step = _OursStep(arch, size, batch, queue, precision, cl, device)
         fns[name] = step
-        meta[name] = (step.precision, "channels_last" if cl else "NCHW")
+        meta[name] = (step.precision, "channels_last" if step.channels_last else "NCHW")
     if lightly and lightly_available():
         fns["lightly (documented, fp32)"] = _LightlyStep(arch, size, batch, queue, device)
         meta["lightly (documented, fp32)"] = ("fp32", "NCHW")
@@ -171,7 +186,7 @@ def bench_step(arch="resnet18", size=64, batch=32, queue=4096, device="cpu", ite
 
 
 def bench_data(root, size=224, num_images=64, rounds=2, lightly=True, draft=True):
-    """Rows ``(pipeline, output, images/s per worker)``: one process decoding and augmenting samples of the
+    """Rows ``(pipeline, output, images/s per worker, x vs lightly)``: one process decoding and augmenting samples of the
     ImageFolder ``root`` (a ``train``-style folder of class folders)."""
     from pretrain.data.images import ImageFolder, load_image, scan_folder
     from pretrain.data.views import build_views
@@ -181,10 +196,11 @@ def bench_data(root, size=224, num_images=64, rounds=2, lightly=True, draft=True
     pipelines = {}
     for views in ("moco_v2", "infomin"):
         cfg = _moco_cfg("resnet50", size, 256, 65536, "auto", True, views=views)
-        ds = ImageFolder(root, build_views(cfg), seed=0, draft=draft)
-        label = "ours moco_v2" if views == "moco_v2" else "ours infomin + JigSaw"
-        pipelines[label] = (lambda ds=ds: [ds[(i, 0)] for i in range(n)], "uint8, 2 views" +
-                            (" + 9 tiles" if views == "infomin" else ""))
+        for backend in ("fast", "pil"):
+            ds = ImageFolder(root, build_views(cfg, backend=backend), seed=0, draft=draft)
+            label = f"ours {'moco_v2' if views == 'moco_v2' else 'infomin + JigSaw'} ({backend})"
+            pipelines[label] = (lambda ds=ds: [ds[(i, 0)] for i in range(n)], "uint8, 2 views" +
+                                (" + 9 tiles" if views == "infomin" else ""))
     if lightly and lightly_available():
         from lightly.transforms import MoCoV2Transform
 
@@ -200,7 +216,77 @@ def bench_data(root, size=224, num_images=64, rounds=2, lightly=True, draft=True
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
-    return [(name, out, f"{n / best[name]:.1f}") for name, (_, out) in pipelines.items()]
+    ref = best.get("lightly MoCoV2Transform")
+    return [(name, out, f"{n / best[name]:.1f}", f"{ref / best[name]:.2f}x" if ref else "-")
+            for name, (_, out) in pipelines.items()]
+
+
+def _lightly_loop(root, arch, size, batch, queue, workers, warmup, iters):
+    """lightly's documented MoCo loop (torchvision ImageFolder + ``MoCoV2Transform`` + DataLoader, the step of
+    :class:`_LightlyStep`): images/s over ``iters`` batches after ``warmup`` batches."""
+    import torchvision
+    from lightly.transforms import MoCoV2Transform
+    from torch.utils.data import DataLoader
+
+    step = _LightlyStep(arch, size, batch, queue, torch.device("cpu"))
+    dataset = torchvision.datasets.ImageFolder(root, transform=MoCoV2Transform(input_size=size))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+    done, start = 0, None
+    while True:
+        for (x_query, x_key), _ in loader:
+            step(x_query, x_key)
+            done += 1
+            if done == warmup:
+                start = time.perf_counter()
+            elif done == warmup + iters:
+                return iters * batch / (time.perf_counter() - start)
+
+
+def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, overrides=()):
+    """The project's own training loop (``tools/pretrain_backbone.py``'s Trainer, MoCo v2 recipe): images/s
+    over ``iters`` iterations after ``warmup``, as its metrics log reports them (checkpoints excluded)."""
+    import json
+    import tempfile
+
+    from pretrain.common.distributed import DistInfo
+    from pretrain.training.train import _worker
+    out = tempfile.mkdtemp(prefix="bench_loop_")
+    cfg = _moco_cfg(arch, size, batch, queue, "auto", True)
+    cfg.merge_from_list(["DATA.ROOT", os.path.dirname(root), "DATA.TRAIN_DIR", os.path.basename(root),
+                         "DATA.NUM_WORKERS", workers, "SOLVER.MAX_ITER", warmup + iters, "LOG_PERIOD", warmup,
+                         "KNN.PERIOD", 0, "TENSORBOARD", False, "OUTPUT_DIR", out, "SEED", 0] + list(overrides))
+    _worker(DistInfo(), cfg.dump(), False)
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    logged = sorted((r for r in records if "images_per_sec" in r), key=lambda r: r["iter"])
+    windows = [(r["iter"] - p["iter"], r["time"]) for p, r in zip(logged, logged[1:]) if p["iter"] >= warmup]
+    return sum(n for n, _ in windows) * batch / sum(n * t for n, t in windows)
+
+
+def bench_loop(root, arch="resnet18", size=64, batch=32, queue=4096, workers=1, warmup=10, iters=30, rounds=1,
+               lightly=True, overrides=()):
+    """Rows ``(loop, images/s, x vs lightly)``: whole training processes (data loader with ``workers``
+    workers, decode, views, step), each in a fresh Python process, alternating, best of ``rounds``."""
+    import json
+    import subprocess
+    import sys
+
+    kinds = ["ours"] + (["lightly"] if lightly and lightly_available() else [])
+    best = {k: 0.0 for k in kinds}
+    code = ("import sys, json; from pretrain import bench; "
+            "print('IPS', bench._{}_loop(*json.loads(sys.argv[1])))")
+    for _ in range(rounds):
+        for kind in kinds:
+            args = [root, arch, size, batch, queue, workers, warmup, iters] + ([list(overrides)] if kind == "ours" else [])
+            res = subprocess.run([sys.executable, "-c", code.format(kind), json.dumps(args)], capture_output=True,
+                                 text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            lines = [line for line in res.stdout.splitlines() if line.startswith("IPS ")]
+            if res.returncode or not lines:
+                raise RuntimeError(f"{kind} loop failed: {res.stderr.strip().splitlines()[-1:]}")
+            best[kind] = max(best[kind], float(lines[-1].split()[1]))
+    ref = best.get("lightly")
+    return [(k, f"{v:.1f}", f"{v / ref:.2f}x" if ref else "-") for k, v in best.items()]
 
 
 def format_table(headers, rows):

@@ -40,11 +40,12 @@ _C.MODEL.ARCH = "resnet50"        # a torchvision ResNet: resnet18/34/50/101/152
 _C.MODEL.HEAD = "linear"          # projection head in the encoder's fc: "linear" (MoCo v1), "mlp" (v2) or
                                   # "mlp_bn" (BN in the hidden layer: keeps short small-batch runs from collapsing)
 _C.MODEL.DIM = 128                # embedding dimension (output of the head)
-# Numerics of the training step. PRECISION: "auto" = bf16 autocast on GPUs with bf16 and on CPUs with
-# native bf16 (avx512_bf16 / AMX), fp16 autocast + loss scaling on older GPUs, else fp32; or force one of
+# Numerics of the training step. PRECISION: "auto" = on a CPU, fp32 or bf16 autocast, whichever a few
+# timed steps find faster on this machine (pretrain/training/numerics.py; cached per machine and shape);
+# on a GPU bf16 autocast (Ampere and newer) or fp16 autocast + loss scaling (older); or force one of
 # "fp32", "bf16", "fp16". Losses, logits, queue and weights stay in fp32 in every mode.
 _C.MODEL.PRECISION = "auto"
-_C.MODEL.CHANNELS_LAST = True     # NHWC activations (faster with oneDNN on CPU and tensor cores on GPU)
+_C.MODEL.CHANNELS_LAST = "auto"   # NHWC activations: True, False, or "auto" (timed with PRECISION, as above)
 
 # ----------------------------------------------------------------------------- MoCo
 _C.MOCO = CN()
@@ -106,6 +107,9 @@ _C.JIGSAW.WEIGHT = 0.5            # PyContrast's beta
 _C.INPUT = CN()
 _C.INPUT.VIEWS = "moco_v2"        # a name in pretrain.data.views.VIEWS
 _C.INPUT.NUM_VIEWS = 2
+# "fast": the recipes' ops on uint8 arrays (OpenCV, torch), the same random draws as "pil" and pixels within
+# a level or two of it (pretrain/data/fast_views.py); "pil": the torchvision/PIL ops themselves
+_C.INPUT.VIEW_BACKEND = "fast"
 _C.INPUT.SIZE = 224
 _C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop scale (InfoMin Appendix C.2: 0.2 is the sweet spot)
 _C.INPUT.COLOR_JITTER_STRENGTH = 1.0  # multiplies the recipe's jitter (InfoMin's x, Fig. 5)
@@ -214,6 +218,9 @@ def _coerce(default, value):
     return value
 
 
+_BOOL_OR_AUTO = {"MODEL.CHANNELS_LAST"}  # keys that take True, False or "auto"
+
+
 def _merge(cfg, data, source, prefix=""):
     """Merge a nested dict into ``cfg`` key by key, so that an error names the full key."""
     for key, value in data.items():
@@ -224,6 +231,11 @@ def _merge(cfg, data, source, prefix=""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {full} is a group of keys, got {value!r}")
             _merge(cfg[key], value, source, full + ".")
+            continue
+        if full in _BOOL_OR_AUTO:
+            if value not in (True, False, "auto") or isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ConfigError(f"{source}: bad value for {full}: {value!r}; use auto, True or False")
+            cfg[key] = value
             continue
         try:
             cfg.merge_from_other_cfg(CN({key: _coerce(cfg[key], value)}))

@@ -56,7 +56,7 @@ def main(argv=None):
         print(f"\nFull MoCo v2 training step: {args.arch}, {args.size} px, batch {args.batch}, queue {args.queue}")
         print(format_table(("step", "precision", "memory", "images/s", "vs lightly fp32"), rows))
         if use_lightly:
-            ours = next(r for r in rows if r[0] == "ours default")
+            ours = next(r for r in rows if r[0].startswith("ours default"))
             print(f"our default step / lightly's documented fp32 step: {ours[4]}")
 
     if not args.skip_data:
@@ -71,7 +71,7 @@ def main(argv=None):
             root = os.path.join(tmp.name, "imagenet", "train")
         rows = bench_data(root, size=args.data_size, num_images=args.images, rounds=args.rounds, lightly=use_lightly)
         print(f"\nData pipeline, one worker (decode + views), {args.data_size} px views, {root}")
-        print(format_table(("pipeline", "output", "images/s per worker"), rows))
+        print(format_table(("pipeline", "output", "images/s per worker", "vs lightly"), rows))
         if tmp is not None:
             tmp.cleanup()
     return 0

@@ -17,8 +17,8 @@ ColorJitter: saturation       PIL's blend with its ``L`` image, in float32      
 ColorJitter: hue              OpenCV's 8-bit HSV (hue in 1/256 turns, rounded) instead of PIL's   ~2 levels on
                               (1/255 turns, truncated); the same hue offset                      average
 RandomGrayscale               PIL's ``L`` conversion, replicated to 3 channels                    identical
-GaussianBlur (MoCo v2's)      OpenCV's Gaussian kernel of the same sigma (+-3 sigma, edges        ~0.3 levels on
-                              replicated) instead of PIL's three box passes                      average
+GaussianBlur (MoCo v2's)      OpenCV's Gaussian kernel of the same sigma (+-3 sigma, edges        0.3-0.7 levels
+                              replicated) instead of PIL's three box passes                      on average
 RandomHorizontalFlip          array flip                                                          identical
 RandomApply, Compose          the same, with translated contents                                  -
 anything else                 runs on a PIL image (e.g. RandAugment; converted in and out)        identical

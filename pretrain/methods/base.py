@@ -75,7 +75,8 @@ class Method(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.channels_last = bool(cfg.MODEL.CHANNELS_LAST)
+        # True only when configured so; the trainer sets it after timing MODEL.CHANNELS_LAST auto
+        self.channels_last = cfg.MODEL.CHANNELS_LAST is True
         mean = torch.tensor(cfg.INPUT.PIXEL_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255
         std = torch.tensor(cfg.INPUT.PIXEL_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)

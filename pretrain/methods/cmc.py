@@ -139,7 +139,7 @@ class CMC(Method):
         if cfg.CMC.NEGATIVES == "ann":
             BankMethod._check_cluster(cfg)
         try:
-            views = build_views(cfg)
+            views = build_views(cfg, backend="pil")  # the recipe's torchvision ops
         except (KeyError, ValueError):
             return  # the loop reports an unknown or broken recipe itself
         if _has_grayscale(views.augment):

@@ -33,12 +33,12 @@ __all__ = ["MoCo", "JigsawHead", "momentum_update"]
 
 @torch.no_grad()
 def momentum_update(target, source, m):
-    """``t <- m t + (1 - m) s`` for every pair of tensors, fused over the lists (``torch._foreach``)."""
+    """``t <- m t + (1 - m) s`` for every pair of tensors: ``t + (1 - m)(s - t)``, one fused pass over the
+    lists (``torch._foreach_lerp_``)."""
     target, source = list(target), list(source)
     if not target:
         return
-    torch._foreach_mul_(target, m)
-    torch._foreach_add_(target, source, alpha=1.0 - m)
+    torch._foreach_lerp_(target, source, 1.0 - m)
 
 
 class JigsawHead(nn.Module):

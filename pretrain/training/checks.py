@@ -105,6 +105,7 @@ def check_config(cfg, world_size=1):
         raise PretrainError(f"unknown INPUT.VIEWS {cfg.INPUT.VIEWS!r}; registered: {', '.join(sorted(VIEWS))}")
     _check_choice("MODEL.HEAD", cfg.MODEL.HEAD, HEADS)
     _check_choice("MODEL.PRECISION", cfg.MODEL.PRECISION, ("auto", "fp32", "bf16", "fp16"))
+    _check_choice("INPUT.VIEW_BACKEND", cfg.INPUT.VIEW_BACKEND, ("fast", "pil"))
     _check_choice("DEVICE", cfg.DEVICE, ("auto", "cpu", "cuda"))
     if cfg.DEVICE == "cuda" and not torch.cuda.is_available():
         raise PretrainError("DEVICE cuda: no CUDA device is available (use DEVICE auto or cpu)")

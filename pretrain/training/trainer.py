@@ -20,6 +20,7 @@ from pretrain.data.views import build_views
 from pretrain.methods import build_method
 from pretrain.training.checkpoint import CheckpointError, atomic_save, capture_rng, load_checkpoint, restore_rng
 from pretrain.training.logs import MetricsLog, logger, progress_bar, setup_logging
+from pretrain.training.numerics import choose
 from pretrain.training.solver import (CPU_BF16_MIN_INPUT, LRSchedule, autocast_dtype, build_optimizer,
                                       cpu_has_native_bf16, resolve_precision)
 
@@ -105,12 +106,13 @@ class Trainer:
         # ---- model: identical initialisation in every process, then per-process random streams
         torch.manual_seed(seed)
         self.method = build_method(cfg, num_train_images=len(self.train_set)).to(self.device)
-        if cfg.MODEL.CHANNELS_LAST:
-            self.method.to(memory_format=torch.channels_last)
         jigsaw = getattr(views, "jigsaw", None)
         min_input = min([cfg.INPUT.SIZE] + ([jigsaw.tile_size] if jigsaw is not None else []))
-        self.precision = resolve_precision(cfg.MODEL.PRECISION, self.device, min_input)
-        if self.precision == "bf16" and self.device.type == "cpu":
+        self.precision, self.channels_last = self._numerics(ckpt, min_input)
+        self.method.channels_last = self.channels_last
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if cfg.MODEL.PRECISION == "bf16" and self.device.type == "cpu":
             if not cpu_has_native_bf16():
                 logger.warning("MODEL.PRECISION bf16 on a CPU without native bf16: emulated, likely slower than fp32")
             if min_input < CPU_BF16_MIN_INPUT:
@@ -166,6 +168,34 @@ class Trainer:
                 f.write(cfg.dump())
         self._val_set = None
 
+    # ------------------------------------------------------------------ numerics
+    def _numerics(self, ckpt, min_input):
+        """``(precision, channels_last)``: as configured, as the resumed checkpoint recorded for "auto" (an
+        exact continuation), or timed on this machine (:mod:`pretrain.training.numerics`, rank 0 decides)."""
+        cfg = self.cfg
+        precision, channels_last = cfg.MODEL.PRECISION, cfg.MODEL.CHANNELS_LAST
+        saved = (ckpt or {}).get("numerics") or {}
+        resumed = False
+        if precision == "auto" and saved.get("precision") in ("fp32", "bf16", "fp16"):
+            precision, resumed = saved["precision"], True
+        if channels_last == "auto" and isinstance(saved.get("channels_last"), bool):
+            channels_last, resumed = saved["channels_last"], True
+        choice = None
+        if self.rank == 0:
+            try:
+                choice = choose(cfg.MODEL.ARCH, cfg.MODEL.HEAD, cfg.MODEL.DIM, cfg.INPUT.SIZE, self.local_batch,
+                                self.device, precision, channels_last, min_input,
+                                key_forward=hasattr(self.method, "encoder_k"), log=logger.info)
+            except (RuntimeError, ValueError) as e:  # timing failed: fall back to the rules, never fail the run
+                logger.warning(f"timing precision/layout failed ({' '.join(str(e).split())[:200]}); using the rules")
+                choice = (resolve_precision(precision, self.device, min_input),
+                          self.device.type == "cuda" if channels_last == "auto" else channels_last, "rules")
+        precision, channels_last, how = du.broadcast_object(choice)
+        if resumed and how == "configured":
+            how = "as the resumed checkpoint recorded"
+        logger.info(f"numerics: {precision}, {'channels_last' if channels_last else 'NCHW'} ({how})")
+        return precision, channels_last
+
     # ------------------------------------------------------------------ resume checks
     def _check_resumable(self, ckpt, path):
         cfg = self.cfg
@@ -214,7 +244,7 @@ class Trainer:
             "sampler": {"epoch": int(epoch), "position": int(position * self.local_batch), "seed": cfg.SEED},
             "rng": rngs, "method_state": self.method.extra_state(),
             "bad_images": len(set().union(*map(set, bad_paths))), "bad_paths": bad_paths,
-            "precision": self.precision,
+            "precision": self.precision, "numerics": {"precision": self.precision, "channels_last": self.channels_last},
             "versions": {"torch": torch.__version__.split("+")[0]},
         }
         if self.scaler.is_enabled():
@@ -343,7 +373,7 @@ class Trainer:
         logger.info(f"{cfg.MODEL.METHOD} {cfg.MODEL.ARCH}, views {cfg.INPUT.VIEWS} at {cfg.INPUT.SIZE} px, "
                     f"{len(self.train_set)} images, batch {cfg.SOLVER.BATCH_SIZE} ({self.world} x {self.local_batch}), "
                     f"{ipe} iterations/epoch, {max_iter} iterations, {self.device}, {self.precision}"
-                    f"{', channels_last' if cfg.MODEL.CHANNELS_LAST else ''}")
+                    f"{', channels_last' if self.channels_last else ''}")
         method.train()
         method.on_train_start({"iters_per_epoch": ipe, "max_iter": max_iter, "start_iter": self.start_iter,
                                "world_size": self.world, "num_train_images": len(self.train_set)})

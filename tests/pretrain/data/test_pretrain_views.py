@@ -114,7 +114,8 @@ def test_randaugment_magnitude_noise_and_fill():
     # and Posterize at 4 bits of a smooth image change little, hence the margin)
     changed = sum(not np.array_equal(o, np.asarray(img)) for o in outs)
     assert 20 <= changed <= 38
-    assert "infomin" in VIEWS and isinstance(build_views(cfg_for("infomin")).augment.transforms[4], RandAugment)
+    assert "infomin" in VIEWS and isinstance(build_views(cfg_for("infomin"), backend="pil").augment.transforms[4],
+                                                 RandAugment)
     off = RandAugment(num_ops=2, magnitude=0, magnitude_std=0.0)
     torch.manual_seed(0)
     changed = [not np.array_equal(np.asarray(off(img)), np.asarray(img)) for _ in range(20)]

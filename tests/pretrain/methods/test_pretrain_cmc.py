@@ -303,7 +303,7 @@ def test_cmc_views_have_no_grayscale():
     from pretrain.data.views import build_views
 
     cfg = tiny_cfg()
-    views = build_views(cfg)
+    views = build_views(cfg, backend="pil")
     names = [type(t) for t in views.augment.transforms]
     assert T.RandomResizedCrop in names and T.ColorJitter in names and T.RandomHorizontalFlip in names
     assert T.RandomGrayscale not in names and views.num_views == 1
