@@ -221,14 +221,14 @@ def bench_data(root, size=224, num_images=64, rounds=2, lightly=True, draft=True
             for name, (_, out) in pipelines.items()]
 
 
-def _lightly_loop(root, arch, size, batch, queue, workers, warmup, iters):
+def _lightly_loop(root, arch, size, batch, queue, workers, warmup, iters, device="cpu"):
     """lightly's documented MoCo loop (torchvision ImageFolder + ``MoCoV2Transform`` + DataLoader, the step of
     :class:`_LightlyStep`): images/s over ``iters`` batches after ``warmup`` batches."""
     import torchvision
     from lightly.transforms import MoCoV2Transform
     from torch.utils.data import DataLoader
 
-    step = _LightlyStep(arch, size, batch, queue, torch.device("cpu"))
+    step = _LightlyStep(arch, size, batch, queue, torch.device(device))
     dataset = torchvision.datasets.ImageFolder(root, transform=MoCoV2Transform(input_size=size))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                         persistent_workers=workers > 0)
@@ -238,12 +238,14 @@ def _lightly_loop(root, arch, size, batch, queue, workers, warmup, iters):
             step(x_query, x_key)
             done += 1
             if done == warmup:
+                _sync(step.device)
                 start = time.perf_counter()
             elif done == warmup + iters:
+                _sync(step.device)
                 return iters * batch / (time.perf_counter() - start)
 
 
-def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, overrides=()):
+def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, device="cpu", overrides=()):
     """The project's own training loop (``tools/pretrain_backbone.py``'s Trainer, MoCo v2 recipe): images/s
     over ``iters`` iterations after ``warmup``, as its metrics log reports them (checkpoints excluded)."""
     import json
@@ -252,8 +254,8 @@ def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, overrides
     from pretrain.common.distributed import DistInfo
     from pretrain.training.train import _worker
     out = tempfile.mkdtemp(prefix="bench_loop_")
-    cfg = _moco_cfg(arch, size, batch, queue, "auto", True)
-    cfg.merge_from_list(["DATA.ROOT", os.path.dirname(root), "DATA.TRAIN_DIR", os.path.basename(root),
+    cfg = _moco_cfg(arch, size, batch, queue, "auto", "auto")
+    cfg.merge_from_list(["DEVICE", device, "DATA.ROOT", os.path.dirname(root), "DATA.TRAIN_DIR", os.path.basename(root),
                          "DATA.NUM_WORKERS", workers, "SOLVER.MAX_ITER", warmup + iters, "LOG_PERIOD", warmup,
                          "KNN.PERIOD", 0, "TENSORBOARD", False, "OUTPUT_DIR", out, "SEED", 0] + list(overrides))
     _worker(DistInfo(), cfg.dump(), False)
@@ -265,7 +267,7 @@ def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, overrides
 
 
 def bench_loop(root, arch="resnet18", size=64, batch=32, queue=4096, workers=1, warmup=10, iters=30, rounds=1,
-               lightly=True, overrides=()):
+               lightly=True, device="cpu", overrides=()):
     """Rows ``(loop, images/s, x vs lightly)``: whole training processes (data loader with ``workers``
     workers, decode, views, step), each in a fresh Python process, alternating, best of ``rounds``."""
     import json
@@ -278,7 +280,8 @@ def bench_loop(root, arch="resnet18", size=64, batch=32, queue=4096, workers=1, 
             "print('IPS', bench._{}_loop(*json.loads(sys.argv[1])))")
     for _ in range(rounds):
         for kind in kinds:
-            args = [root, arch, size, batch, queue, workers, warmup, iters] + ([list(overrides)] if kind == "ours" else [])
+            args = [root, arch, size, batch, queue, workers, warmup, iters, device]
+            args += [list(overrides)] if kind == "ours" else []
             res = subprocess.run([sys.executable, "-c", code.format(kind), json.dumps(args)], capture_output=True,
                                  text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             lines = [line for line in res.stdout.splitlines() if line.startswith("IPS ")]
