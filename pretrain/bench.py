@@ -252,13 +252,13 @@ def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, device="c
     import tempfile
 
     from pretrain.common.distributed import DistInfo
-    from pretrain.training.train import _worker
+    from pretrain.training.train import run
     out = tempfile.mkdtemp(prefix="bench_loop_")
     cfg = _moco_cfg(arch, size, batch, queue, "auto", "auto")
     cfg.merge_from_list(["DEVICE", device, "DATA.ROOT", os.path.dirname(root), "DATA.TRAIN_DIR", os.path.basename(root),
                          "DATA.NUM_WORKERS", workers, "SOLVER.MAX_ITER", warmup + iters, "LOG_PERIOD", warmup,
                          "KNN.PERIOD", 0, "TENSORBOARD", False, "OUTPUT_DIR", out, "SEED", 0] + list(overrides))
-    _worker(DistInfo(), cfg.dump(), False)
+    run(cfg, dist_info=DistInfo())
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
     logged = sorted((r for r in records if "images_per_sec" in r), key=lambda r: r["iter"])

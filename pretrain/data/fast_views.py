@@ -41,7 +41,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from pretrain.common.rng import seed_cpu
-from pretrain.data.views import GaussianBlur, JigsawTiles, ViewPipeline
+from pretrain.data.view_ops import GaussianBlur, JigsawTiles, ViewPipeline
 
 try:  # noqa: SIM105 - an optional accelerator: without it the PIL backend runs
     import cv2
