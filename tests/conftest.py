@@ -1,5 +1,6 @@
 """Shared fixtures: one synthetic dataset root in the real layouts for the whole session."""
 import os
+import tempfile
 
 import pytest
 
@@ -11,6 +12,10 @@ os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(os.path.dirname(__file
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+# the caches (dataset checks, timed pretraining numerics) in one folder shared by the session's workers and
+# the processes they start, not in the user's home: two fresh runs of one test then use one timed choice
+os.environ.setdefault("SSL_D2_TRANSFER_CACHE", os.path.join(tempfile.gettempdir(), f"ssl-d2-transfer-tests-{os.getuid()}"))
 
 import transfer  # noqa: E402,F401  (runtime fixes before anything imports Detectron2)
 
