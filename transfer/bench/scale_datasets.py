@@ -14,6 +14,7 @@ a fresh process (:func:`transfer.bench.isolated.run_isolated`: wall time, peak m
 
 The ``vs load`` column is each time over Detectron2's load of the same file.
 """
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,6 +29,7 @@ DATASETS = {"coco": ("coco_2017_train", "coco/annotations/instances_train2017.js
 HEADERS = ("dataset", "size", "images", "annotations", "file MB", "step", "seconds", "peak MB", "added MB",
            "vs load")
 _IMPORTS = ("transfer", "detectron2.data", "transfer.data.validate")
+_CLASSES = {"coco": 80, "lvis": 1203}
 
 
 def write_root(work_dir, kind, fraction, seed=0):
@@ -74,6 +76,25 @@ def _load(root, name):
     return len(DatasetCatalog.get(name))
 
 
+def _check_and_load(root, name, num_classes):
+    """In the measuring process: what a run does with a training set whose check is not cached: the check
+    on the parse Detectron2's loading then uses (:mod:`transfer.data.shared_parse`), and the loading."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from transfer.data import check_cache
+    from transfer.data.datasets import set_datasets_root
+    from transfer.data.shared_parse import check_while_loading
+
+    os.environ[check_cache.CACHE_ENV] = "none"
+    set_datasets_root(root)
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    check_while_loading(cfg, [name])
+    return len(DatasetCatalog.get(name))
+
+
 def _row(kind, fraction, info, step, m, load_seconds):
     name = DATASETS[kind][0]
     if m.error:
@@ -113,6 +134,13 @@ def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, 
                     m = run_isolated(_load, root, name, imports=_IMPORTS)
                     measured.append(("Detectron2 load", m))
                     load_seconds = None if m.error else m.seconds
+                    both = run_isolated(_check_and_load, root, name, _CLASSES[kind], imports=_IMPORTS)
+                    measured.append(("check + load on one parse (a run)", both))
+                    if load_seconds and not both.error:
+                        # what the check adds to a run's loading; memory: the peaks' difference
+                        added = dataclasses.replace(both, seconds=both.seconds - load_seconds,
+                                                    peak_mb=both.peak_mb - m.peak_mb + both.baseline_mb)
+                        measured.append(("check's cost in a run (the difference)", added))
                 rows += [_row(kind, fraction, info, step, m, load_seconds) for step, m in measured]
     finally:
         if tmp is not None:

@@ -71,6 +71,11 @@ class SeededMapDataset(torch.utils.data.Dataset):
     def __init__(self, dicts, mapper):
         self._dicts, self._mapper = dicts, mapper
 
+    @property
+    def dicts(self):
+        """The dataset's records (Detectron2's dicts), shared, not copied."""
+        return self._dicts
+
     def __len__(self):
         return len(self._dicts)
 
@@ -149,11 +154,13 @@ class GlobalBatchSampler:
                    for place in range(first, first + per_process)]
 
 
-def build_resumable_train_loader(cfg, start_iter=0, mapper=None):
-    """The training loader of ``cfg`` positioned at iteration ``start_iter``."""
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0)
+def build_resumable_train_loader(cfg, start_iter=0, mapper=None, dicts=None):
+    """The training loader of ``cfg`` positioned at iteration ``start_iter``. ``dicts``: the training
+    set as another loader of ``cfg`` loaded it (its ``dataset.dicts``), instead of loading it again."""
+    if dicts is None:
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0)
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name not in SAMPLERS:

@@ -66,22 +66,19 @@ def _image_folders(summary, kind, meta):
     return summary.pop("image_folders", [])
 
 
-def dataset_summary(name, use_cache=True):
-    """Check dataset ``name`` (registered with Detectron2) and return its summary: ``images``,
-    ``annotations``, ``categories`` ([[id, name], ...]) and what training and evaluation need to
-    know (see :func:`check_run_data`). Raises :class:`DatasetError` (one line)."""
+def _registered(name):
+    """``(meta, kind)`` of a registered dataset name; unknown names raise the one-line error."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name not in DatasetCatalog.list():
         raise DatasetError(f"unknown dataset '{name}': not a Detectron2 builtin name and not registered "
                            "(register your own COCO-format data with TRANSFER.COCO_DATASETS)")
     meta = MetadataCatalog.get(name)
-    kind = _kind(meta)
-    if kind == "other":  # other registered datasets: let Detectron2 load them; a failure names what is wrong
-        try:
-            return {"kind": kind, "images": len(DatasetCatalog.get(name))}
-        except (OSError, ValueError, KeyError, AssertionError) as e:
-            raise DatasetError(f"dataset '{name}' cannot be loaded: {e}") from None
+    return meta, _kind(meta)
+
+
+def _cache_key(meta, kind):
+    """The cache key of a dataset: what the check reads (files, sizes, modification times) and compares."""
     expected, keypoints = _expected(meta, kind)
     if kind == "voc":
         split_file = os.path.join(meta.dirname, "ImageSets", "Main", meta.split + ".txt")
@@ -94,11 +91,33 @@ def dataset_summary(name, use_cache=True):
     else:
         stamps = [check_cache.file_stamp(meta.json_file)]
         parts = {"image_root": os.path.abspath(meta.image_root), "expected": expected, "keypoints": keypoints}
-    key = check_cache.key_of({"kind": kind, "files": stamps, **parts})
+    return check_cache.key_of({"kind": kind, "files": stamps, **parts})
+
+
+def cached_summary(name):
+    """The cached summary of dataset ``name`` if its files are unchanged since a check, else None."""
+    meta, kind = _registered(name)
+    return None if kind == "other" else check_cache.lookup(_cache_key(meta, kind))
+
+
+def dataset_summary(name, use_cache=True, parsed=None):
+    """Check dataset ``name`` (registered with Detectron2) and return its summary: ``images``,
+    ``annotations``, ``categories`` ([[id, name], ...]) and what training and evaluation need to
+    know (see :func:`check_run_data`). ``parsed``: a COCO or LVIS dataset's annotation file already
+    parsed whole (:func:`transfer.data.coco_json.parse_whole`). Raises :class:`DatasetError` (one line)."""
+    from detectron2.data import DatasetCatalog
+
+    meta, kind = _registered(name)
+    if kind == "other":  # other registered datasets: let Detectron2 load them; a failure names what is wrong
+        try:
+            return {"kind": kind, "images": len(DatasetCatalog.get(name))}
+        except (OSError, ValueError, KeyError, AssertionError) as e:
+            raise DatasetError(f"dataset '{name}' cannot be loaded: {e}") from None
+    key = _cache_key(meta, kind)
     summary = check_cache.lookup(key) if use_cache else None
     if summary is not None:
         return summary
-    summary = _check(kind, meta, expected, keypoints)
+    summary = _check(kind, meta, parsed)
     summary["kind"] = kind
     folders = _image_folders(summary, kind, meta)
     if use_cache:
@@ -106,7 +125,8 @@ def dataset_summary(name, use_cache=True):
     return summary
 
 
-def _check(kind, meta, expected, keypoints):
+def _check(kind, meta, parsed=None):
+    expected, keypoints = _expected(meta, kind)
     if kind == "voc":
         from transfer.data.voc_xml import check_voc_split
 
@@ -115,7 +135,7 @@ def _check(kind, meta, expected, keypoints):
         from transfer.data.coco_json import check_coco_json
 
         summary = check_coco_json(meta.json_file, meta.image_root, lvis=kind == "lvis",
-                                  expected_categories=expected, expected_keypoints=keypoints)
+                                  expected_categories=expected, expected_keypoints=keypoints, parsed=parsed)
     for path in summary["sample_files"]:
         _check_image(path)
     return summary
@@ -231,16 +251,38 @@ def _check_evaluation(cfg, name, summary):
                                "(set TEST.KEYPOINT_OKS_SIGMAS, one per keypoint)")
 
 
-def check_run_data(cfg, eval_only=False, use_cache=True):
+def check_run_data(cfg, eval_only=False, use_cache=True, defer_training=False):
     """Check the datasets of a run of ``cfg`` (its training sets unless ``eval_only``, its test sets) and
-    what the config needs of them; return ``{name: summary}``. Raises :class:`DatasetError` (one line)."""
+    what the config needs of them; return ``{name: summary}``. Raises :class:`DatasetError` (one line).
+
+    ``defer_training``: a COCO or LVIS training set (not also a test set) whose check is not cached is
+    left out of the returned dict: the run checks it inside its own loading of the file, which parses it
+    anyway (:func:`transfer.data.shared_parse.check_while_loading`)."""
     train = [] if eval_only else list(cfg.DATASETS.TRAIN)
     test = list(cfg.DATASETS.TEST)
-    summaries = {name: dataset_summary(name, use_cache) for name in dict.fromkeys(train + test)}
+    summaries = {}
+    for name in dict.fromkeys(train + test):
+        if defer_training and name not in test and _deferrable(name, use_cache):
+            continue
+        summaries[name] = dataset_summary(name, use_cache)
     for i, name in enumerate(train):
-        if summaries[name].get("kind") != "other":
-            _check_training(cfg, name, summaries[name], first=i == 0)
+        if name in summaries:
+            check_training_data(cfg, name, summaries[name], first=i == 0)
     for name in test:
         if summaries[name].get("kind") != "other":
             _check_evaluation(cfg, name, summaries[name])
     return summaries
+
+
+def _deferrable(name, use_cache):
+    """A COCO or LVIS dataset whose annotation file exists and whose check is not cached."""
+    meta, kind = _registered(name)
+    if kind not in ("coco", "lvis") or not os.path.isfile(meta.json_file):
+        return False  # a missing file is named now, with the datasets root
+    return not (use_cache and check_cache.lookup(_cache_key(meta, kind)) is not None)
+
+
+def check_training_data(cfg, name, summary, first):
+    """What ``cfg`` needs of training set ``name`` (``first``: the first of DATASETS.TRAIN), from its summary."""
+    if summary.get("kind") != "other":
+        _check_training(cfg, name, summary, first)

@@ -24,6 +24,7 @@ from pretrain.common import distributed as du
 from pretrain.common.cli import ArgumentParser, one_line_errors
 from pretrain.common.runs import backbone_label, results_record, run_dir, write_results
 from transfer.data.datasets import DatasetError, register_from_config
+from transfer.data.shared_parse import check_while_loading
 from transfer.data.validate import check_run_data
 from pretrain.common.safe_load import CheckpointError
 from transfer.training.checkpointer import CheckpointWriteError, SafeCheckpointer
@@ -115,12 +116,15 @@ def config_report(args):
     return text + describe(cfg)
 
 
-def prepare(args, world_size):
+def prepare(args, world_size, check_training_at_load=False):
     """Build and check the effective config in the launching process (fail fast, before spawning).
 
     Everything a user can get wrong is refused here in one line, before anything is written: the config
     (keys, values, weights' meta, mode), OUTPUT_DIR, the weights file, the architecture of a resumed run,
-    what ``--eval-only`` evaluates, and the datasets."""
+    what ``--eval-only`` evaluates, and the datasets. ``check_training_at_load`` (processes started right
+    away on this machine): a COCO or LVIS training set whose check is not cached is checked by each of the
+    run's processes on its own parse of the file for loading (:mod:`transfer.data.shared_parse`) instead;
+    its name goes to ``args.check_at_load``."""
     opts = list(args.opts)
     trust = getattr(args, "trust_pickle", False)
     cfg = build_config(args.config_file, opts, world_size=world_size, trust_pickle=trust)
@@ -144,7 +148,8 @@ def prepare(args, world_size):
         evaluated_weights(cfg, out_dir, args.resume, getattr(args, "random_init", False), ConfigError)
     register_from_config(cfg.TRANSFER.COCO_DATASETS)
     # every annotation, and what this config needs of its datasets (cached while they are unchanged)
-    check_run_data(cfg, eval_only=args.eval_only)
+    summaries = check_run_data(cfg, eval_only=args.eval_only, defer_training=check_training_at_load)
+    args.check_at_load = [] if args.eval_only else [n for n in cfg.DATASETS.TRAIN if n not in summaries]
     return opts
 
 
@@ -152,9 +157,12 @@ def run(args, opts):
     """What every process runs: set up, train (unless --eval-only), evaluate, write results.json.
 
     The datasets are not checked here: :func:`prepare` checked them in the launching process, or the
-    submission (``tools/submit.py``, a sweep) did before submitting this job."""
+    submission (``tools/submit.py``, a sweep) did before submitting this job; training sets it left to the
+    run (``args.check_at_load``) are checked and loaded first here, on one parse of each file."""
     cfg = build_config(args.config_file, opts, world_size=comm.get_world_size())
     register_from_config(cfg.TRANSFER.COCO_DATASETS)
+    if getattr(args, "check_at_load", None):
+        check_while_loading(cfg, args.check_at_load)
     default_setup(cfg, args)
     if args.eval_only:
         model = TransferTrainer.build_model(cfg)
@@ -241,7 +249,7 @@ def main(argv=None):
             if args.print_config:
                 print(config_report(args), end="")
                 return 0
-            opts = prepare(args, args.num_gpus * args.num_machines)
+            opts = prepare(args, args.num_gpus * args.num_machines, check_training_at_load=True)
             du.launch(_process, args=(args, opts), num_local=args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, url=None if args.dist_url == "auto" else args.dist_url)
     except SystemExit as stop:  # one_line_errors has printed the line

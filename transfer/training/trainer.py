@@ -137,10 +137,15 @@ class TransferTrainer(DefaultTrainer):
         return make_global_batch_model(super().build_model(cfg), cfg)
 
     @classmethod
-    def build_train_loader(cls, cfg, start_iter=0):
+    def build_train_loader(cls, cfg, start_iter=0, dicts=None):
         # an image that cannot be read is skipped with a warning (transfer.data.unreadable)
         mapper = SkipUnreadable(DatasetMapper(cfg, True))
-        return SkippingLoader(build_resumable_train_loader(cfg, start_iter, mapper=mapper))
+        return SkippingLoader(build_resumable_train_loader(cfg, start_iter, mapper=mapper, dicts=dicts))
+
+    def _loaded_dicts(self):
+        """The training set as the trainer's loader holds it: other loaders share it instead of loading
+        the annotation file again (tens of seconds and gigabytes for COCO or LVIS)."""
+        return self._trainer.data_loader.dataset.dicts
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -158,7 +163,7 @@ class TransferTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             # the loader built in __init__ starts at iteration 0; continue where the checkpoint stopped
-            loader = self.build_train_loader(self.cfg, self.start_iter)
+            loader = self.build_train_loader(self.cfg, self.start_iter, dicts=self._loaded_dicts())
             self._trainer.data_loader = loader
             self._trainer._data_loader_iter = iter(loader)
             if hasattr(self._trainer, "_data_loader_iter_obj"):  # newer Detectron2 creates it lazily
@@ -181,16 +186,25 @@ class TransferTrainer(DefaultTrainer):
         raise ValueError(f"no evaluator for dataset {dataset_name} (evaluator_type {evaluator_type!r})")
 
     def build_hooks(self):
-        built = super().build_hooks()
-        for i, hook in enumerate(built):
-            if type(hook) is hooks.PreciseBN:
-                built[i] = PreciseBNAllProcesses(
-                    self.cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(self.cfg),
-                    self.cfg.TEST.PRECISE_BN.NUM_ITER)
-        # a hook with state: the trainer's checkpoints hold it (TrainerBase.state_dict saves hooks' states)
-        rng = RNGStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        cfg = self.cfg
+        precise_bn = cfg.TEST.PRECISE_BN.ENABLED and bool(get_bn_modules(self.model))
+        if precise_bn:  # Detectron2 would build (and load the training set for) a PreciseBN hook we replace
+            self.cfg = cfg.clone()
+            self.cfg.defrost()
+            self.cfg.TEST.PRECISE_BN.ENABLED = False
+            self.cfg.freeze()
+        try:
+            built = super().build_hooks()
+        finally:
+            self.cfg = cfg
         # before the checkpointer (main process only) and the evaluation, at the same place in every process
         position = next((i for i, h in enumerate(built)
                          if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(built))
-        built.insert(position, rng)
+        if precise_bn:  # where Detectron2 puts it; its own loader, on the training set already loaded
+            built.insert(position, PreciseBNAllProcesses(
+                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg, dicts=self._loaded_dicts()),
+                cfg.TEST.PRECISE_BN.NUM_ITER))
+            position += 1
+        # a hook with state: the trainer's checkpoints hold it (TrainerBase.state_dict saves hooks' states)
+        built.insert(position, RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD))
         return built
