@@ -38,6 +38,10 @@ def parsed_for_detectron2(json_file, data):
     them, take ``data`` (the file already parsed) instead of reading the file; other files are read."""
     import pycocotools.coco as coco_module
 
+    # the classes below are freed by the cyclic collector only (a class refers to itself): they reach the
+    # data through this list, emptied on the way out, so that it is freed as soon as Detectron2 is done
+    held = [data]
+    del data
     coco_original = coco_module.COCO
 
     class ParsedCOCO(coco_original):
@@ -46,9 +50,9 @@ def parsed_for_detectron2(json_file, data):
                 super().__init__(annotation_file)
                 return
             super().__init__()
-            if not isinstance(data, dict):
-                raise ValueError(f"annotation file format {type(data)} not supported")
-            self.dataset = data
+            if not isinstance(held[0], dict):
+                raise ValueError(f"annotation file format {type(held[0])} not supported")
+            self.dataset = held[0]
             self.createIndex()
 
     patched = [(coco_module, "COCO", coco_original)]
@@ -62,7 +66,7 @@ def parsed_for_detectron2(json_file, data):
 
         class ParsedLVIS(lvis_original):
             def _load_json(self, path):
-                return data if _same_file(path, json_file) else super()._load_json(path)
+                return held[0] if _same_file(path, json_file) else super()._load_json(path)
 
         patched.append((lvis, "LVIS", lvis_original))
         lvis.LVIS = ParsedLVIS
@@ -71,6 +75,7 @@ def parsed_for_detectron2(json_file, data):
     finally:
         for module, attr, original in patched:
             setattr(module, attr, original)
+        held.clear()
 
 
 def check_while_loading(cfg, names):
