@@ -14,6 +14,7 @@ training and evaluation need (:mod:`transfer.data.validate` decides with the con
 would make Detectron2's loader or mapper fail raises :class:`~transfer.data.datasets.DatasetError`
 with one line naming the file and the first bad record.
 """
+import contextlib
 import gc
 import json
 import os
@@ -44,20 +45,26 @@ for _x, _ys in _FOLLOW.items():
         _ALLOWED[_x * 10 + _y] = True
 
 
-def _loads(data):
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of containers: the cyclic collector would run hundreds of times for nothing
+@contextlib.contextmanager
+def _collector_paused():
+    """Millions of containers are built: the cyclic collector would run hundreds of times for nothing."""
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        try:
-            import orjson
-        except ImportError:
-            import json
-
-            return json.loads(data)
-        return orjson.loads(data)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
+
+
+def _loads(data):
+    """orjson where installed (it refuses NaN and Infinity), else the json module."""
+    try:
+        import orjson
+    except ImportError:
+        orjson = json
+    with _collector_paused():
+        return orjson.loads(data)
 
 
 def _json_error(path, e):
@@ -289,35 +296,29 @@ def parse_whole(path):
     module (orjson parses twice as fast but holds a copy of the document while it builds the objects:
     1.6 GB more at the peak for COCO train), with the cyclic collector paused while the objects are built
     (pycocotools leaves it running, which costs about a third of Detectron2's loading of COCO train)."""
-    gc_was_enabled = gc.isenabled()
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        gc.disable()
-        return json.loads(text)
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise _json_error(path, e) from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    return _parse_json_module(path, text)
 
 
 def _parse(path, data):
     try:
         return _loads(data)
     except (ValueError, UnicodeDecodeError):
-        pass
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
+        return _parse_json_module(path, data)  # what orjson refuses and the json module reads: NaN, Infinity
+
+
+def _parse_json_module(path, data):
     try:
-        return json.loads(data)  # what orjson refuses and the json module reads: NaN, Infinity
+        with _collector_paused():
+            return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise _json_error(path, e) from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def check_coco_json(path, image_root, lvis=False, expected_categories=None, expected_keypoints=None,
