@@ -9,10 +9,15 @@ a fresh process (:func:`transfer.bench.isolated.run_isolated`: wall time, peak m
   the first time it sees the file);
 - ``check, cached``: the same in a new process once the check's cache holds the file (what every later run
   pays: the file is not read);
-- ``Detectron2 load``: ``DatasetCatalog.get(name)``, Detectron2's own reading of the file when a run builds
-  its data loader (its registration is lazy: this is where the file is parsed).
+- ``Detectron2 load``: what Detectron2's own training loader does with the file before the first iteration
+  (``build_detection_train_loader``: ``get_detection_dataset_dicts``, which parses the file, then
+  ``DatasetFromList`` serializing the dicts into one buffer);
+- ``load in a run``: the same as a run does it (:func:`transfer.data.loader.load_training_set`: Python's
+  cyclic collector paused until the dicts are serialized and freed);
+- ``check + load on one parse (a run)``: what a run does with a training set whose check is not cached
+  (:mod:`transfer.data.shared_parse`), and ``check's cost in a run``: its difference to the run's load.
 
-The ``vs load`` column is each time over Detectron2's load of the same file.
+The ``vs load`` column is each time over Detectron2's own load of the same file.
 """
 import dataclasses
 import json
@@ -66,33 +71,46 @@ def _check(root, name, cache):
     return dataset_summary(name, use_cache=cache is not None)["images"]
 
 
-def _load(root, name):
-    """In the measuring process: Detectron2's own loading of ``name`` under ``root``."""
-    from detectron2.data import DatasetCatalog
-
-    from transfer.data.datasets import set_datasets_root
-
-    set_datasets_root(root)
-    return len(DatasetCatalog.get(name))
-
-
-def _check_and_load(root, name, num_classes):
-    """In the measuring process: what a run does with a training set whose check is not cached: the check
-    on the parse Detectron2's loading then uses (:mod:`transfer.data.shared_parse`), and the loading."""
+def _train_cfg(root, name, num_classes):
     from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog
 
     from transfer.data import check_cache
     from transfer.data.datasets import set_datasets_root
-    from transfer.data.shared_parse import check_while_loading
 
     os.environ[check_cache.CACHE_ENV] = "none"
     set_datasets_root(root)
     cfg = get_cfg()
     cfg.DATASETS.TRAIN = (name,)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    return cfg
+
+
+def _load(root, name, num_classes):
+    """In the measuring process: what Detectron2's training loader does with the file before the first
+    iteration (``build_detection_train_loader``: load, filter, serialize into one buffer)."""
+    from detectron2.data import DatasetFromList, get_detection_dataset_dicts
+
+    cfg = _train_cfg(root, name, num_classes)
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    return len(DatasetFromList(dicts, copy=False, serialize=True))
+
+
+def _load_in_run(root, name, num_classes):
+    """In the measuring process: the same as a run does it (:func:`transfer.data.loader.load_training_set`)."""
+    from transfer.data.loader import load_training_set
+
+    return len(load_training_set(_train_cfg(root, name, num_classes)))
+
+
+def _check_and_load(root, name, num_classes):
+    """In the measuring process: what a run does with a training set whose check is not cached: the check
+    on the parse Detectron2's loading then uses (:mod:`transfer.data.shared_parse`), and the loading."""
+    from transfer.data.loader import load_training_set
+    from transfer.data.shared_parse import check_while_loading
+
+    cfg = _train_cfg(root, name, num_classes)
     check_while_loading(cfg, [name])
-    return len(DatasetCatalog.get(name))
+    return len(load_training_set(cfg))
 
 
 def _row(kind, fraction, info, step, m, load_seconds):
@@ -131,15 +149,17 @@ def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, 
                 measured.append(("check, cached", run_isolated(_check, root, name, cache, imports=_IMPORTS)))
                 load_seconds = None
                 if load:
-                    m = run_isolated(_load, root, name, imports=_IMPORTS)
+                    m = run_isolated(_load, root, name, _CLASSES[kind], imports=_IMPORTS)
                     measured.append(("Detectron2 load", m))
                     load_seconds = None if m.error else m.seconds
+                    in_run = run_isolated(_load_in_run, root, name, _CLASSES[kind], imports=_IMPORTS)
+                    measured.append(("load in a run", in_run))
                     both = run_isolated(_check_and_load, root, name, _CLASSES[kind], imports=_IMPORTS)
                     measured.append(("check + load on one parse (a run)", both))
-                    if load_seconds and not both.error:
+                    if not in_run.error and not both.error:
                         # what the check adds to a run's loading; memory: the peaks' difference
-                        added = dataclasses.replace(both, seconds=both.seconds - load_seconds,
-                                                    peak_mb=both.peak_mb - m.peak_mb + both.baseline_mb)
+                        added = dataclasses.replace(both, seconds=both.seconds - in_run.seconds,
+                                                    peak_mb=both.peak_mb - in_run.peak_mb + both.baseline_mb)
                         measured.append(("check's cost in a run (the difference)", added))
                 rows += [_row(kind, fraction, info, step, m, load_seconds) for step, m in measured]
     finally:

@@ -29,14 +29,15 @@ import random
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils import comm
 
 from pretrain.common.rng import seed_cpu
+from transfer.data.coco_json import collector_paused
 
 __all__ = ["SAMPLE_SEED_KEY", "seeded_rngs", "image_seed", "SeededMapDataset", "GlobalIndexStream",
-           "GlobalBatchSampler", "build_resumable_train_loader"]
+           "GlobalBatchSampler", "TrainingSet", "load_training_set", "build_resumable_train_loader"]
 
 # key of a mapped training dict that carries its image's seed (an int below 2**32) to the model
 SAMPLE_SEED_KEY = "sample_seed"
@@ -65,27 +66,28 @@ def image_seed(seed, batch_number, place):
 
 
 class SeededMapDataset(torch.utils.data.Dataset):
-    """Maps ``dataset[index]`` under an RNG seeded by the key the batch sampler gives with it, and
-    passes that seed on to the model (``SAMPLE_SEED_KEY``)."""
+    """Maps ``records[index]`` under an RNG seeded by the key the batch sampler gives with it, and
+    passes that seed on to the model (``SAMPLE_SEED_KEY``). ``records``: a :class:`TrainingSet` (or any
+    list of Detectron2's dicts)."""
 
-    def __init__(self, dicts, mapper):
-        self._dicts, self._mapper = dicts, mapper
+    def __init__(self, records, mapper):
+        self._records, self._mapper = records, mapper
 
     @property
-    def dicts(self):
-        """The dataset's records (Detectron2's dicts), shared, not copied."""
-        return self._dicts
+    def records(self):
+        """The dataset's records, shared, not copied."""
+        return self._records
 
     def __len__(self):
-        return len(self._dicts)
+        return len(self._records)
 
     def __getitem__(self, key):
         index, seed = key
+        record = self._records[index]
         with seeded_rngs(seed):
-            mapped = self._mapper(dict(self._dicts[index]))
+            mapped = self._mapper(dict(record))
         if mapped is None:
-            raise RuntimeError(f"the dataset mapper rejected training sample {index} "
-                               f"({self._dicts[index].get('file_name')})")
+            raise RuntimeError(f"the dataset mapper rejected training sample {index} ({record.get('file_name')})")
         mapped[SAMPLE_SEED_KEY] = seed
         return mapped
 
@@ -154,27 +156,63 @@ class GlobalBatchSampler:
                    for place in range(first, first + per_process)]
 
 
-def build_resumable_train_loader(cfg, start_iter=0, mapper=None, dicts=None):
-    """The training loader of ``cfg`` positioned at iteration ``start_iter``. ``dicts``: the training
-    set as another loader of ``cfg`` loaded it (its ``dataset.dicts``), instead of loading it again."""
-    if dicts is None:
+class TrainingSet:
+    """A run's training records, loaded once and shared by its loaders (training, Precise BN, resume).
+
+    The records are kept as Detectron2's own training loader keeps them: each dict pickled into one byte
+    buffer (``DatasetFromList(serialize=True)``); indexing returns a fresh dict. Forked loader workers then
+    share the buffer instead of copying a list of millions of Python objects page by page, and Python's
+    cyclic collector has nothing of them to walk (with the dicts as objects, each full collection of a COCO
+    train run walks them: seconds). ``factors`` (repeat factors, for ``RepeatFactorTrainingSampler``) and
+    ``groups`` (aspect-ratio groups) are computed from the dicts before they are serialized."""
+
+    def __init__(self, dicts, cfg):
+        self.factors = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
+            self.factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
+        self.groups = [int(d["width"] > d["height"]) for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING \
+            else None
+        self._records = DatasetFromList(dicts, copy=False, serialize=True)
+
+    def __len__(self):
+        return len(self._records)
+
+    def __getitem__(self, index):
+        return self._records[index]
+
+
+def _check_sampler(cfg):
+    if cfg.DATALOADER.SAMPLER_TRAIN not in SAMPLERS:
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN} is not supported by the "
+                         "resumable loader")
+
+
+def load_training_set(cfg):
+    """Detectron2's loading of ``cfg.DATASETS.TRAIN`` (filtered as its training loader filters), as a
+    :class:`TrainingSet`. Python's cyclic collector is paused meanwhile: the dicts, millions of containers,
+    are serialized and freed before it runs again (Detectron2 leaves it running: its loading of COCO train
+    takes about twice as long)."""
+    _check_sampler(cfg)
+    with collector_paused():
         dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0)
+        return TrainingSet(dicts, cfg)
+
+
+def build_resumable_train_loader(cfg, start_iter=0, mapper=None, training_set=None):
+    """The training loader of ``cfg`` positioned at iteration ``start_iter``. ``training_set``: the
+    :class:`TrainingSet` another loader of ``cfg`` holds (its ``dataset.records``), instead of loading it
+    again."""
+    _check_sampler(cfg)
+    if training_set is None:
+        training_set = load_training_set(cfg)
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name not in SAMPLERS:
-        raise ValueError(f"DATALOADER.SAMPLER_TRAIN {name} is not supported by the resumable loader")
-    factors = None
-    if name == "RepeatFactorTrainingSampler":
-        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-            dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
-    groups = None
-    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        groups = [int(d["width"] > d["height"]) for d in dicts]
-    batches = GlobalBatchSampler(GlobalIndexStream(len(dicts), seed, factors), cfg.SOLVER.IMS_PER_BATCH, groups,
-                                 seed, comm.get_rank(), comm.get_world_size(), start_batch=start_iter)
-    dataset = SeededMapDataset(dicts, mapper or DatasetMapper(cfg, True))
+    batches = GlobalBatchSampler(GlobalIndexStream(len(training_set), seed, training_set.factors),
+                                 cfg.SOLVER.IMS_PER_BATCH, training_set.groups, seed, comm.get_rank(),
+                                 comm.get_world_size(), start_batch=start_iter)
+    dataset = SeededMapDataset(training_set, mapper or DatasetMapper(cfg, True))
     num_workers = cfg.DATALOADER.NUM_WORKERS
     # its own generator: creating an iterator must not draw from the global torch RNG, whose state
     # the checkpoints carry

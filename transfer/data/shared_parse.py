@@ -7,8 +7,9 @@ finds a training set whose check is not cached, it leaves the check to the run's
 :func:`check_while_loading`, first thing in each process (before its output folder is written or a
 model built),
 
-1. parses the file whole (:func:`transfer.data.coco_json.parse_whole`: orjson, faster than the json
-   module pycocotools uses),
+1. parses the file whole (:func:`transfer.data.coco_json.parse_whole`: the json module, as pycocotools
+   and lvis do, with Python's cyclic collector paused through all three steps, as for any loading in a
+   run),
 2. checks it (:func:`transfer.data.validate.dataset_summary` on the parsed data: the same checks and the
    same one-line errors as a check before the run, then what the config needs of it) and caches the
    summary,
@@ -86,7 +87,7 @@ def check_while_loading(cfg, names):
     :class:`~transfer.data.datasets.DatasetError` (one line) before anything is loaded further."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from transfer.data.coco_json import parse_whole
+    from transfer.data.coco_json import collector_paused, parse_whole
     from transfer.data.validate import cached_summary, check_training_data, dataset_summary
 
     train = list(cfg.DATASETS.TRAIN)
@@ -97,12 +98,13 @@ def check_while_loading(cfg, names):
             check_training_data(cfg, name, summary, first)
             continue
         json_file = MetadataCatalog.get(name).json_file
-        data = parse_whole(json_file)
-        check_training_data(cfg, name, dataset_summary(name, parsed=data), first)
         load = DatasetCatalog[name]
-        with parsed_for_detectron2(json_file, data):
-            del data  # the COCO or LVIS object holds it while Detectron2 loads, and no longer
-            dicts = load()
+        with collector_paused():  # as a run's own loading (transfer.data.loader)
+            data = parse_whole(json_file)
+            check_training_data(cfg, name, dataset_summary(name, parsed=data), first)
+            with parsed_for_detectron2(json_file, data):
+                del data  # the COCO or LVIS object holds it while Detectron2 loads, and no longer
+                dicts = load()
         DatasetCatalog.remove(name)
         DatasetCatalog.register(name, _hand_over(name, dicts, load))
 

@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
 from transfer.runtime.coco_eval import has_faster_coco_eval
+from transfer.data.coco_json import collector_paused
 from transfer.data.loader import build_resumable_train_loader
 from transfer.data.unreadable import SkippingLoader, SkipUnreadable, StopOnUnreadable
 from transfer.training.checkpointer import make_safe
@@ -137,20 +138,22 @@ class TransferTrainer(DefaultTrainer):
         return make_global_batch_model(super().build_model(cfg), cfg)
 
     @classmethod
-    def build_train_loader(cls, cfg, start_iter=0, dicts=None):
+    def build_train_loader(cls, cfg, start_iter=0, training_set=None):
         # an image that cannot be read is skipped with a warning (transfer.data.unreadable)
         mapper = SkipUnreadable(DatasetMapper(cfg, True))
-        return SkippingLoader(build_resumable_train_loader(cfg, start_iter, mapper=mapper, dicts=dicts))
+        return SkippingLoader(build_resumable_train_loader(cfg, start_iter, mapper=mapper,
+                                                            training_set=training_set))
 
-    def _loaded_dicts(self):
+    def _loaded_training_set(self):
         """The training set as the trainer's loader holds it: other loaders share it instead of loading
         the annotation file again (tens of seconds and gigabytes for COCO or LVIS)."""
-        return self._trainer.data_loader.dataset.dicts
+        return self._trainer.data_loader.dataset.records
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # an image that cannot be read stops the evaluation with one line naming it
-        return build_detection_test_loader(cfg, dataset_name, mapper=StopOnUnreadable(DatasetMapper(cfg, False)))
+        with collector_paused():  # Detectron2 loads the test set and serializes it (the collector has nothing to walk)
+            return build_detection_test_loader(cfg, dataset_name, mapper=StopOnUnreadable(DatasetMapper(cfg, False)))
 
     def run_step(self):
         try:
@@ -163,7 +166,7 @@ class TransferTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             # the loader built in __init__ starts at iteration 0; continue where the checkpoint stopped
-            loader = self.build_train_loader(self.cfg, self.start_iter, dicts=self._loaded_dicts())
+            loader = self.build_train_loader(self.cfg, self.start_iter, self._loaded_training_set())
             self._trainer.data_loader = loader
             self._trainer._data_loader_iter = iter(loader)
             if hasattr(self._trainer, "_data_loader_iter_obj"):  # newer Detectron2 creates it lazily
@@ -171,6 +174,13 @@ class TransferTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        # the COCO and LVIS evaluators parse the test set's annotation file and keep it for the run: frozen,
+        # the collector never walks it again
+        with collector_paused(freeze=True):
+            return cls._evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def _evaluator(cls, cfg, dataset_name, output_folder):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "coco":
@@ -202,7 +212,7 @@ class TransferTrainer(DefaultTrainer):
                          if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(built))
         if precise_bn:  # where Detectron2 puts it; its own loader, on the training set already loaded
             built.insert(position, PreciseBNAllProcesses(
-                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg, dicts=self._loaded_dicts()),
+                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg, 0, self._loaded_training_set()),
                 cfg.TEST.PRECISE_BN.NUM_ITER))
             position += 1
         # a hook with state: the trainer's checkpoints hold it (TrainerBase.state_dict saves hooks' states)

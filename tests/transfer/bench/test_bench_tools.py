@@ -26,7 +26,7 @@ def test_bench_scale_quick_prints_every_table(capsys, tmp_path):
     header, rows = _table(out, "Datasets:")
     assert header[:2] == ["dataset", "size"]
     steps = [" ".join(r[5:-4]) for r in rows]
-    assert steps == ["check", "check, cached", "Detectron2 load", "check + load on one parse (a run)",
+    assert steps == ["check", "check, cached", "Detectron2 load", "load in a run", "check + load on one parse (a run)",
                      "check's cost in a run (the difference)"] * 2
     assert {r[0] for r in rows} == {"coco_2017_train", "lvis_v1_train"}
     assert all(r[-4] != "failed" for r in rows), rows

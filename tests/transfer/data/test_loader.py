@@ -86,3 +86,58 @@ def test_a_process_loads_exactly_its_places_of_the_batch(synthetic_root, monkeyp
             assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
     sizes = {tuple(d["image"].shape[-2:]) for batch in single for d in batch}
     assert len(sizes) > 1  # the augmentation did vary the size
+
+
+def test_training_set_holds_detectron2s_records_serialized(synthetic_root):
+    """The records come back equal to Detectron2's dicts, as fresh copies; the repeat factors and aspect
+    groups are Detectron2's; the process keeps no Python object per record (forked workers share one
+    buffer, the collector has nothing to walk) and the collector runs again after the loading."""
+    import gc
+
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from transfer.data.loader import load_training_set
+    from transfer.training.config import TINY_OVERRIDES, get_transfer_cfg
+
+    cfg = get_transfer_cfg()
+    cfg.merge_from_list([*TINY_OVERRIDES, "DATASETS.TRAIN", "('coco_2017_train',)", "DATALOADER.SAMPLER_TRAIN",
+                         "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.5"])
+    dicts = get_detection_dataset_dicts(["coco_2017_train"], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    gc.collect()
+    before = len(gc.get_objects())
+    training_set = load_training_set(cfg)
+    tracked = len(gc.get_objects()) - before
+    assert gc.isenabled()
+    assert len(training_set) == len(dicts) > 0
+    assert [training_set[i] for i in range(len(dicts))] == dicts
+    training_set[0]["annotations"].clear()
+    assert training_set[0] == dicts[0]  # each index gives a fresh copy
+    assert torch.equal(training_set.factors,
+                       RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.5))
+    assert training_set.groups == [int(d["width"] > d["height"]) for d in dicts]
+    per_record = sum(1 + len(d["annotations"]) for d in dicts)  # containers a list of dicts would keep
+    assert tracked < per_record, (tracked, per_record)
+
+
+def test_collector_paused_restores_the_collector_and_can_freeze():
+    import gc
+
+    from transfer.data.coco_json import collector_paused
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()  # runs earlier in this process may have frozen their evaluators' data
+    with collector_paused():
+        assert not gc.isenabled()
+        kept = [[i] for i in range(1000)]
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    with collector_paused(freeze=True):
+        kept = [[i] for i in range(1000)]
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(kept)
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
