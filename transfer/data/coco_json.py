@@ -46,23 +46,20 @@ for _x, _ys in _FOLLOW.items():
 
 
 @contextlib.contextmanager
-def collector_paused(freeze=False):
+def collector_paused():
     """Python's cyclic garbage collector paused within (and restored as it was after).
 
     Parsing or loading an annotation file builds millions of containers that hold no reference cycles;
     the collector would walk all of them again and again for nothing (pycocotools, lvis and Detectron2 leave
     it running: their loading of COCO train takes about twice as long). What is built within should be
-    freed before the end, or ``freeze``: it lives on and ``gc.freeze()`` moves everything alive to the
-    collector's permanent generation, which it never walks (else its next collections walk it all, at
-    once). Garbage is freed by reference counting as before; a reference cycle made within, at the next
-    collection (or, frozen, not at all)."""
+    freed by the end: the collections after the pause walk, at once, every object built during it that is
+    still alive. Garbage is freed by reference counting as before; a reference cycle made within, at the
+    next collection."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if freeze:
-            gc.freeze()
         if was_enabled:
             gc.enable()
 

@@ -174,13 +174,6 @@ class TransferTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        # the COCO and LVIS evaluators parse the test set's annotation file and keep it for the run: frozen,
-        # the collector never walks it again
-        with collector_paused(freeze=True):
-            return cls._evaluator(cfg, dataset_name, output_folder)
-
-    @classmethod
-    def _evaluator(cls, cfg, dataset_name, output_folder):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "coco":

@@ -120,20 +120,15 @@ def test_training_set_holds_detectron2s_records_serialized(synthetic_root):
     assert tracked < per_record, (tracked, per_record)
 
 
-def test_collector_paused_restores_the_collector_and_can_freeze():
+def test_collector_paused_restores_the_collector():
     import gc
 
     from transfer.data.coco_json import collector_paused
 
     assert gc.isenabled()
-    frozen = gc.get_freeze_count()  # runs earlier in this process may have frozen their evaluators' data
     with collector_paused():
         assert not gc.isenabled()
-        kept = [[i] for i in range(1000)]
-    assert gc.isenabled() and gc.get_freeze_count() == frozen
-    with collector_paused(freeze=True):
-        kept = [[i] for i in range(1000)]
-    assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(kept)
+    assert gc.isenabled()
     gc.disable()
     try:
         with collector_paused():
