@@ -22,7 +22,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "env_dist_info", "free_port", "launch", "init_process_group", "get_world_size",
+__all__ = ["DistInfo", "env_dist_info", "free_port", "launch", "leave_process_group", "init_process_group", "get_world_size",
            "get_rank", "is_main_process", "barrier", "all_gather_cat", "all_gather_object", "all_reduce_sum",
            "broadcast_object", "broadcast_tensors",
            "batch_shuffle", "batch_unshuffle", "first_slurm_host"]
@@ -116,6 +116,16 @@ def _spawned(local_rank, fn, machine, args):
     info = DistInfo(machine_rank * num_local + local_rank, num_machines * num_local, local_rank, num_local,
                     source="spawn", url=url)
     fn(info, *args)
+    leave_process_group()
+
+
+def leave_process_group():
+    """Wait for every process, then close this one's connections. A process that exits while another still
+    holds a connection to it can make that one abort at its own exit (gloo: "terminate called without an
+    active exception"), after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def launch(fn, args=(), num_local=1, info=None, num_machines=1, machine_rank=0, url=None):
