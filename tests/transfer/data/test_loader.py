@@ -120,15 +120,33 @@ def test_training_set_holds_detectron2s_records_serialized(synthetic_root):
     assert tracked < per_record, (tracked, per_record)
 
 
-def test_collector_paused_restores_the_collector():
+def test_collector_paused_restores_the_collector_and_promotes_what_it_built():
+    """Containers built within and still alive are in the oldest generation on the way out (no collection
+    walks them young); objects someone else froze stay frozen; a collector that was off stays off."""
     import gc
 
     from transfer.data.coco_json import collector_paused
 
-    assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
     with collector_paused():
         assert not gc.isenabled()
-    assert gc.isenabled()
+        built = [[i] for i in range(100)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(x) in oldest for x in built) and id(built) in oldest
+    del built
+    others = [[i] for i in range(10)]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collector_paused():
+            built = [[i] for i in range(100)]
+        assert gc.get_freeze_count() >= frozen
+        assert not {id(x) for x in others} & {id(o) for o in gc.get_objects()}  # still frozen
+        young = {id(o) for o in gc.get_objects(generation=0)}
+        assert all(id(x) in young for x in built)
+    finally:
+        gc.unfreeze()
     gc.disable()
     try:
         with collector_paused():
