@@ -143,7 +143,7 @@ def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, 
                 measured = []
                 if log:
                     log(f"datasets: {name} at {fraction:.0%}: check, cached check"
-                        + (", Detectron2 load" if load else ""))
+                        + (", Detectron2 load, load in a run, check + load in a run" if load else ""))
                 measured.append(("check", run_isolated(_check, root, name, None, imports=_IMPORTS)))
                 run_isolated(_check, root, name, cache, imports=_IMPORTS)  # fills the cache
                 measured.append(("check, cached", run_isolated(_check, root, name, cache, imports=_IMPORTS)))

@@ -16,6 +16,7 @@ with one line naming the file and the first bad record.
 """
 import contextlib
 import gc
+import itertools
 import json
 import os
 
@@ -274,8 +275,13 @@ def _segmentation_facts(anns, stats, path, lvis):
     lists = np.flatnonzero(kind == 1)
     if lists.size:  # polygons parsed: valid ones (an even number of at least 6 numbers) per annotation
         seg_lists = [segs[i] for i in lists.tolist()]
-        per = np.array([len(seg) for seg in seg_lists], np.int64)
-        good = np.array([type(p) is list and len(p) >= 6 and len(p) % 2 == 0 for seg in seg_lists for p in seg], bool)
+        per = np.fromiter(map(len, seg_lists), np.int64, lists.size)
+        polygons = list(itertools.chain.from_iterable(seg_lists))
+        if set(map(type, polygons)) <= {list}:
+            numbers = np.fromiter(map(len, polygons), np.int64, len(polygons))
+            good = (numbers >= 6) & (numbers % 2 == 0)
+        else:
+            good = np.array([type(p) is list and len(p) >= 6 and len(p) % 2 == 0 for p in polygons], bool)
         valid = np.bincount(np.repeat(np.arange(lists.size), per)[good], minlength=lists.size)
         usable[lists] = valid > 0
         all_valid[lists] = (per > 0) & (valid == per)
@@ -379,7 +385,7 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
     if unknown.any():
         raise DatasetError(f"{path}: {_first(unknown, anns, 'annotation')} refers to unknown category "
                            f"{ann_cats[unknown][0]} (not in the file's 'categories')")
-    if n and np.unique(ann_ids).size != n and (lvis or "minival" not in path):
+    if n and _distinct(ann_ids) != n and (lvis or "minival" not in path):
         values, counts = np.unique(ann_ids, return_counts=True)
         raise DatasetError(f"{path}: annotation id {values[counts > 1][0]} is used more than once")
     _check_boxes(anns, path)
@@ -400,7 +406,7 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
     summary = {
         "images": len(files), "annotations": n,
         "categories": sorted([int(i), str(nm)] for i, nm in zip(cat_ids.tolist(), names)),
-        "images_with_annotations": int(np.unique(ann_images[noncrowd]).size),
+        "images_with_annotations": _distinct(ann_images[noncrowd]),
         "masks_all": bool(usable[noncrowd].all()),
         "segmentation_all": bool(has_seg.all()),
         "keypoints": keypoints,
@@ -420,6 +426,14 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
             1 for img in data["images"] if not isinstance(img.get("neg_category_ids"), list)
             or not isinstance(img.get("not_exhaustive_category_ids"), list))
     return summary
+
+
+def _distinct(values):
+    """How many different values: by sorting (numpy's ``unique`` hashes, four times slower here)."""
+    if not values.size:
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def _first_id(mask, anns):

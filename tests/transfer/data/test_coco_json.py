@@ -87,3 +87,22 @@ def test_scale_files_load_in_detectron2_and_pass_the_check(tmp_path):
     assert summary["images"] == len(dicts) == 30 and summary["lvis_frequency_missing_count"] == 0
     areas = np.array([a["area"] for a in json.load(open(tmp_path / "lvis.json"))["annotations"]])
     assert (areas > 0).all()
+
+
+def test_the_check_on_a_whole_parse_equals_the_check_on_the_cut_read(tmp_path):
+    """A run checks the file on Detectron2's whole parse (``parsed=``), a sweep on the cut read: one summary.
+    Detectron2 keeps a polygon of an even number (>= 6) of values; an annotation without one has no mask."""
+    path = _file(tmp_path, "compact")
+    cut = check_coco_json(str(path), str(tmp_path), check_files=False)
+    with open(path) as f:
+        whole = json.load(f)
+    assert check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole) == cut
+    assert cut["first_without_mask"] == 2 and not cut["masks_all"] and cut["images_with_annotations"] == 1
+    # what only a whole parse can hold: a polygon that is not a list is not a valid one
+    whole["annotations"][1]["segmentation"] = [[0, 0, 4, 0, 4, 4]]
+    whole["images"].append({"id": 2, "file_name": "b.jpg", "height": 10, "width": 10})
+    whole["annotations"][5]["image_id"] = 2
+    for polygons in (["abcdefgh"], [7, {"x": 1}, "abcdefgh"]):
+        whole["annotations"][2]["segmentation"] = polygons
+        summary = check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
+        assert summary["first_without_mask"] == 3 and summary["images_with_annotations"] == 2
