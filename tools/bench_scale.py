@@ -3,13 +3,14 @@
 
     python tools/bench_scale.py [--quick] [--only SECTION ...] [--sizes 0.1 0.5 1.0] [--runs 10 50 200]
                                 [--bank 128000 1280000] [--mi-images 1000] [--results 1000]
-                                [--work-dir DIR] [--no-d2-load] [--threads N]
+                                [--work-dir DIR] [--no-d2-load] [--repeat N] [--threads N]
 
 Sections: datasets (COCO/LVIS-sized annotation files: the project's check, cached and not, against
 Detectron2's own load; time and peak memory), sweep (10/50/200 runs to a filled ledger), memory_bank
 (neighbour search and k-means at 128k/1.28M entries), mi (the MI estimate per 1k images), report (the
 report on 1000 results.json). --sizes are fractions of COCO's and LVIS's training sets. --quick: small
-sizes of everything (a minute or two). At full size the datasets section takes about half an hour on 2
+sizes of everything (a minute or two). --repeat N runs each dataset step N times (a fresh process each,
+the rounds interleaved) and shows the median run and the spread. At full size the datasets section takes about half an hour on 2
 CPU cores (Detectron2's load of a COCO-sized file alone: minutes); --work-dir keeps the generated files
 for the next run. See transfer/bench/scale.py for what is timed.
 """
@@ -37,6 +38,8 @@ def main(argv=None):
     parser.add_argument("--results", type=int, nargs="+", help="results.json files of the report")
     parser.add_argument("--work-dir", help="keep generated data here (reused by the next run)")
     parser.add_argument("--no-d2-load", action="store_true", help="skip timing Detectron2's own dataset load")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="runs of each dataset step (median and spread shown)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of the compute sections (0: torch's)")
     args = parser.parse_args(argv)
     base = QUICK_SIZES if args.quick else DEFAULT_SIZES
@@ -45,7 +48,10 @@ def main(argv=None):
     for key, values in given.items():
         if values is not None and (not values or min(values) <= 0 or (key == "fractions" and max(values) > 10)):
             parser.error(f"--{key.replace('_', '-') if key != 'fractions' else 'sizes'}: expected positive sizes")
-    sizes = Sizes(**{**base.__dict__, **{k: tuple(v) for k, v in given.items() if v is not None}})
+    if args.repeat < 1:
+        parser.error("--repeat: expected a positive count")
+    sizes = Sizes(**{**base.__dict__, **{k: tuple(v) for k, v in given.items() if v is not None},
+                     "repeats": args.repeat})
     with one_line_errors(PROG, OSError):
         run_scale_bench(args.only or SECTIONS, sizes, work_dir=args.work_dir, d2_load=not args.no_d2_load,
                         threads=args.threads, log=lambda line: print(f"[{PROG}] {line}", file=sys.stderr, flush=True))

@@ -38,6 +38,7 @@ class Sizes:
     mi_iters: int = 1000                     # critic steps (the estimate's default)
     clusters: int = 1000                     # k-means clusters timed (then extrapolated to the recipe)
     kmeans_iters: int = 5
+    repeats: int = 1                         # fresh-process runs of each dataset step (the median is shown)
 
 
 DEFAULT_SIZES = Sizes()
@@ -57,7 +58,7 @@ def machine_line():
 def _section(name, sizes, work_dir, d2_load, threads, log):
     if name == "datasets":
         from transfer.bench.scale_datasets import HEADERS, bench_datasets
-        rows = bench_datasets(sizes.fractions, work_dir=work_dir, load=d2_load, log=log)
+        rows = bench_datasets(sizes.fractions, work_dir=work_dir, load=d2_load, repeats=sizes.repeats, log=log)
         return "Datasets: the project's check vs Detectron2's load (COCO: 118,287 images, 860,001 annotations " \
                "= 100%; LVIS v1: 100,170 images, 1,270,141 annotations)", HEADERS, rows
     if name == "sweep":

@@ -17,7 +17,11 @@ a fresh process (:func:`transfer.bench.isolated.run_isolated`: wall time, peak m
 - ``check + load on one parse (a run)``: what a run does with a training set whose check is not cached
   (:mod:`transfer.data.shared_parse`), and ``check's cost in a run``: its difference to the run's load.
 
-The ``vs load`` column is each time over Detectron2's own load of the same file.
+The ``vs load`` column is each time over Detectron2's own load of the same file. With ``repeats`` > 1
+every step but the cached check runs that many times, the rounds interleaved (each round runs every step
+once, so that a slow spell of the machine touches all of them); a row shows the median run (the lower
+middle one for an even count) and the spread of the runs (slowest minus fastest), and the check's cost
+in a run is the median of the rounds' differences.
 """
 import dataclasses
 import json
@@ -26,13 +30,13 @@ import tempfile
 
 from transfer.bench.isolated import run_isolated
 
-__all__ = ["DATASETS", "write_root", "bench_datasets", "HEADERS"]
+__all__ = ["DATASETS", "write_root", "bench_datasets", "summarize", "HEADERS"]
 
 # kind -> (dataset name, annotation file under the root, image folder under the root)
 DATASETS = {"coco": ("coco_2017_train", "coco/annotations/instances_train2017.json", "coco/train2017"),
             "lvis": ("lvis_v1_train", "lvis/lvis_v1_train.json", "coco/train2017")}
-HEADERS = ("dataset", "size", "images", "annotations", "file MB", "step", "seconds", "peak MB", "added MB",
-           "vs load")
+HEADERS = ("dataset", "size", "images", "annotations", "file MB", "step", "seconds", "spread", "peak MB",
+           "added MB", "vs load")
 _IMPORTS = ("transfer", "detectron2.data", "transfer.data.validate")
 _CLASSES = {"coco": 80, "lvis": 1203}
 
@@ -113,20 +117,37 @@ def _check_and_load(root, name, num_classes):
     return len(load_training_set(cfg))
 
 
-def _row(kind, fraction, info, step, m, load_seconds):
-    name = DATASETS[kind][0]
+def _row(kind, fraction, info, step, m, spread, load_seconds):
+    head = (DATASETS[kind][0], f"{fraction:.0%}", info["images"], info["annotations"],
+            f"{info['bytes'] / 2**20:.0f}", step)
     if m.error:
-        return (name, f"{fraction:.0%}", info["images"], info["annotations"], f"{info['bytes'] / 2**20:.0f}", step,
-                "failed", "-", "-", m.error[:80])
+        return head + ("failed", "-", "-", "-", m.error[:80])
     ratio = f"{m.seconds / load_seconds:.3f}x" if load_seconds else "-"
-    return (name, f"{fraction:.0%}", info["images"], info["annotations"], f"{info['bytes'] / 2**20:.0f}", step,
-            f"{m.seconds:.2f}", f"{m.peak_mb:.0f}", f"{m.added_mb:.0f}", ratio)
+    return head + (f"{m.seconds:.2f}", "-" if spread is None else f"{spread:.2f}", f"{m.peak_mb:.0f}",
+                   f"{m.added_mb:.0f}", ratio)
 
 
-def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, log=None):
+def summarize(runs):
+    """``(measurement, spread)`` of one step's runs: the run of median time (the lower middle one for an
+    even count) and the slowest minus the fastest (None for one run); a failed run if any failed."""
+    failed = [m for m in runs if m.error]
+    if failed:
+        return failed[0], None
+    ordered = sorted(runs, key=lambda m: m.seconds)
+    return ordered[(len(ordered) - 1) // 2], (ordered[-1].seconds - ordered[0].seconds if len(runs) > 1 else None)
+
+
+def _difference(both, in_run):
+    """The check's cost in a run: per round, check + load minus load (memory: the peaks' difference)."""
+    return dataclasses.replace(both, seconds=both.seconds - in_run.seconds,
+                               peak_mb=both.peak_mb - in_run.peak_mb + both.baseline_mb)
+
+
+def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, repeats=1, log=None):
     """Rows of :data:`HEADERS` for every dataset kind and fraction. ``work_dir``: where the generated
     roots go (kept there and reused by later calls; default a temporary folder, removed); ``load``: also
-    time Detectron2's load (the slow part at full size); ``log``: a function for progress lines."""
+    time Detectron2's load (the slow part at full size); ``repeats``: runs of each step (see the module's
+    doc); ``log``: a function for progress lines."""
     tmp = None
     if work_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_scale_data_")
@@ -140,28 +161,32 @@ def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, 
                     log(f"datasets: writing {name} at {fraction:.0%} ...")
                 root, info = write_root(work_dir, kind, fraction)
                 cache = tempfile.mkdtemp(prefix="check_cache_", dir=work_dir)
-                measured = []
-                if log:
-                    log(f"datasets: {name} at {fraction:.0%}: check, cached check"
-                        + (", Detectron2 load, load in a run, check + load in a run" if load else ""))
-                measured.append(("check", run_isolated(_check, root, name, None, imports=_IMPORTS)))
                 run_isolated(_check, root, name, cache, imports=_IMPORTS)  # fills the cache
-                measured.append(("check, cached", run_isolated(_check, root, name, cache, imports=_IMPORTS)))
-                load_seconds = None
+                cached = run_isolated(_check, root, name, cache, imports=_IMPORTS)
+                steps = {"check": (_check, (root, name, None))}
                 if load:
-                    m = run_isolated(_load, root, name, _CLASSES[kind], imports=_IMPORTS)
-                    measured.append(("Detectron2 load", m))
-                    load_seconds = None if m.error else m.seconds
-                    in_run = run_isolated(_load_in_run, root, name, _CLASSES[kind], imports=_IMPORTS)
-                    measured.append(("load in a run", in_run))
-                    both = run_isolated(_check_and_load, root, name, _CLASSES[kind], imports=_IMPORTS)
-                    measured.append(("check + load on one parse (a run)", both))
-                    if not in_run.error and not both.error:
-                        # what the check adds to a run's loading; memory: the peaks' difference
-                        added = dataclasses.replace(both, seconds=both.seconds - in_run.seconds,
-                                                    peak_mb=both.peak_mb - in_run.peak_mb + both.baseline_mb)
-                        measured.append(("check's cost in a run (the difference)", added))
-                rows += [_row(kind, fraction, info, step, m, load_seconds) for step, m in measured]
+                    steps.update({"Detectron2 load": (_load, (root, name, _CLASSES[kind])),
+                                  "load in a run": (_load_in_run, (root, name, _CLASSES[kind])),
+                                  "check + load on one parse (a run)": (_check_and_load, (root, name, _CLASSES[kind]))})
+                runs = {step: [] for step in steps}
+                for round_ in range(repeats):
+                    if log:
+                        log(f"datasets: {name} at {fraction:.0%}, run {round_ + 1} of {repeats}: {', '.join(steps)}")
+                    for step, (target, args) in steps.items():
+                        runs[step].append(run_isolated(target, *args, imports=_IMPORTS))
+                measured = {step: summarize(ms) for step, ms in runs.items()}
+                measured["check, cached"] = (cached, None)
+                if load:
+                    pairs = list(zip(runs["check + load on one parse (a run)"], runs["load in a run"]))
+                    if not any(b.error or a.error for b, a in pairs):
+                        measured["check's cost in a run (the difference)"] = summarize(
+                            [_difference(b, a) for b, a in pairs])
+                load_m = measured.get("Detectron2 load", (None,))[0]
+                load_seconds = None if load_m is None or load_m.error else load_m.seconds
+                order = ["check", "check, cached", "Detectron2 load", "load in a run",
+                         "check + load on one parse (a run)", "check's cost in a run (the difference)"]
+                rows += [_row(kind, fraction, info, step, *measured[step], load_seconds)
+                         for step in order if step in measured]
     finally:
         if tmp is not None:
             tmp.cleanup()
