@@ -29,8 +29,8 @@ setup(
         "tensorboard",
         "scipy",
         "safetensors",
-        # dataset checks parse COCO/LVIS annotation files with it (transfer/data/coco_json.py; json without it)
-        "orjson",
+        # dataset checks decode COCO/LVIS annotation files with it (transfer/data/coco_json.py)
+        "msgspec>=0.18",
     ],
     extras_require={
         # FAISS for the memory-bank methods' neighbour search and k-means (pretrain/methods/neighbours.py falls back

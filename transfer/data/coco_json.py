@@ -1,12 +1,13 @@
 """A full check of a COCO or LVIS annotation file at a small fraction of the cost of loading it.
 
 Polygons are most of a COCO file (two thirds of its bytes, nine tenths of its numbers) and the check
-needs only how many numbers each polygon has. :func:`read_annotation_json` therefore cuts the polygon
-lists out of the text before parsing (``"segmentation":[[...]]`` becomes ``"segmentation":0``),
-measures them with numpy on the bytes (numbers per polygon; the characters and separators are valid
-JSON numbers), and parses the rest with orjson (the standard json module without it). Files whose
-polygons are not laid out as COCO and Detectron2 write them (compact, or with ``", "`` separators)
-are parsed whole: slower, same result.
+needs only how many numbers each polygon has. :func:`read_annotation_json` therefore decodes the file
+with msgspec against a schema of what the check reads (other fields are skipped without building
+them) and keeps every polygon as its JSON text, which msgspec has checked is valid JSON; the polygons
+are then measured on those texts with a few passes over their bytes (numbers per polygon: its commas
+plus one). Files whose polygon lists hold anything but lists of numbers, and files the schema does not
+fit (a broken file, a field of the wrong kind), are parsed whole with the json module instead: slower,
+same result, and the error names the place.
 
 :func:`check_coco_json` then checks every image record and every annotation with numpy over the
 fields (ids, categories, boxes, keypoint lengths, polygons) and returns a summary of the facts that
@@ -18,32 +19,16 @@ import contextlib
 import gc
 import itertools
 import json
+import operator
 import os
+from typing import Any, Union
 
+import msgspec
 import numpy as np
 
 from transfer.data.datasets import DatasetError, datasets_root
 
-__all__ = ["read_annotation_json", "parse_whole", "check_coco_json", "polygon_stats", "collector_paused"]
-
-_KEYS = (b'"segmentation":[[', b'"segmentation": [[')
-_PLACEHOLDER = 0
-_CHUNK = 1 << 24
-# the bytes of the joined polygon text, by class; and which class may follow which (JSON numbers,
-# "],[" between the polygons of an annotation, "|" between annotations)
-_DIGIT, _DOT, _MINUS, _PLUS, _EXP, _COMMA, _OPEN, _CLOSE, _BAR, _OTHER = range(10)
-_CLASS = np.full(256, _OTHER, np.uint8)
-_CLASS[48:58] = _DIGIT
-for _ch, _cls in ((".", _DOT), ("-", _MINUS), ("+", _PLUS), ("e", _EXP), ("E", _EXP), (",", _COMMA),
-                  ("[", _OPEN), ("]", _CLOSE), ("|", _BAR)):
-    _CLASS[ord(_ch)] = _cls
-_FOLLOW = {_DIGIT: (_DIGIT, _DOT, _EXP, _COMMA, _CLOSE, _BAR), _DOT: (_DIGIT,), _MINUS: (_DIGIT,),
-           _PLUS: (_DIGIT,), _EXP: (_DIGIT, _MINUS, _PLUS), _COMMA: (_DIGIT, _MINUS, _OPEN),
-           _OPEN: (_DIGIT, _MINUS, _CLOSE, _BAR), _CLOSE: (_COMMA,), _BAR: (_DIGIT, _MINUS, _CLOSE, _BAR)}
-_ALLOWED = np.zeros(100, bool)
-for _x, _ys in _FOLLOW.items():
-    for _y in _ys:
-        _ALLOWED[_x * 10 + _y] = True
+__all__ = ["read_annotation_json", "parse_whole", "check_coco_json", "polygon_lists", "collector_paused"]
 
 
 @contextlib.contextmanager
@@ -69,129 +54,185 @@ def collector_paused():
             gc.enable()
 
 
-def _loads(data):
-    """orjson where installed (it refuses NaN and Infinity), else the json module."""
-    try:
-        import orjson
-    except ImportError:
-        orjson = json
-    with collector_paused():
-        return orjson.loads(data)
-
-
 def _json_error(path, e):
     return DatasetError(f"{path} is not valid JSON: {' '.join(str(e).split())}")
 
 
-def _cut_polygons(data):
-    """``(rest, polygons)``: the text with every polygon list replaced by ``0``, and the lists' contents
-    joined by ``|`` (``],[`` between the polygons of one annotation); None where the layout differs."""
-    keys = [k for k in _KEYS if k in data]
-    if len(keys) != 1:
+class Annotation(msgspec.Struct, gc=False):
+    """An annotation as :func:`read_annotation_json` decodes it: the fields the check reads, None where
+    absent (``iscrowd`` and ``area``: ``msgspec.UNSET``, the check counts records without them). Ids are
+    integers and a box four numbers: anything else does not decode, and the file is then parsed whole (the
+    check names the record). ``area`` is kept as its JSON text, and so is a polygon list (``msgspec.Raw``;
+    its polygons are measured by the read); any other segmentation is decoded. ``get`` reads a field as
+    ``dict.get`` does."""
+    id: Union[int, None] = None
+    image_id: Union[int, None] = None
+    category_id: Union[int, None] = None
+    bbox: Union[tuple[float, float, float, float], None] = None
+    iscrowd: Any = msgspec.UNSET
+    ignore: Any = None
+    area: msgspec.Raw = msgspec.UNSET
+    keypoints: Any = None
+    segmentation: msgspec.Raw = None
+
+    def get(self, key, default=None):
+        value = getattr(self, key, None)
+        return default if value is None or value is msgspec.UNSET else value
+
+
+class Image(msgspec.Struct, gc=False):
+    """An image record as :func:`read_annotation_json` decodes it: the fields the check reads (sizes and id
+    integers, else the file is parsed whole), None where absent; LVIS's category lists as their JSON texts."""
+    id: Union[int, None] = None
+    height: Union[int, None] = None
+    width: Union[int, None] = None
+    file_name: Any = None
+    coco_url: Any = None
+    neg_category_ids: msgspec.Raw = None
+    not_exhaustive_category_ids: msgspec.Raw = None
+
+    get = Annotation.get
+
+
+class _Document(msgspec.Struct, gc=False):
+    images: Union[list[Image], None] = None
+    annotations: Union[list[Annotation], None] = None
+    categories: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Document)
+_NUMBER_BYTES = b"0123456789.-+eE \t\r\n"  # and JSON whitespace: what a polygon's numbers are made of
+_OPEN, _CLOSE = ord("["), ord("]")
+
+
+def polygon_lists(text):
+    """Polygon lists measured on their JSON text (one after another, each a valid JSON list, as msgspec
+    decoded them): ``(owner, numbers)`` per polygon, the list it is in and its number of numbers; None
+    unless every list holds only flat lists of numbers. A list of one number reads as an empty list and a
+    polygon of 0 numbers as one of 1: the check's facts are the same (no valid polygon)."""
+    marks = text.translate(None, _NUMBER_BYTES)  # "[[,,],[,]]": what is left of [[1,2,3],[4,5]]
+    if marks.translate(None, b"[],"):
+        return None  # a string, an object, true, false or null
+    m = np.frombuffer(marks, np.uint8)
+    at = np.flatnonzero(m != ord(","))  # the brackets
+    opens = m[at] == _OPEN
+    depth = np.cumsum(np.where(opens, 1, -1))  # after each bracket: 1 inside a list, 2 inside a polygon
+    if depth.size and depth.max() > 2:
+        return None  # a list deeper than a polygon
+    commas = np.diff(at) - 1  # between a bracket and the next
+    between_polygons = ~opens[:-1] & opens[1:]  # "],[" at depth 1; elsewhere at depth 1 no comma: no number
+    if ((depth[:-1] == 1) & (commas != between_polygons)).any():
         return None
-    key = keys[0]
-    pieces = data.split(key)
-    head = pieces[0]
-    parts = [p.partition(b"]]") for p in pieces[1:]]
-    del pieces
-    # a list without its end (a truncated file) leaves other characters in it, or the rest unparsable
-    polygons = b"|".join([seg for seg, _, _ in parts])
-    if b" " in polygons:
-        polygons = polygons.replace(b" ", b"")
-    if polygons.count(b"|") != len(parts) - 1:
-        return None  # a "|" of the file's own: not JSON
-    rest = (key[:-2] + b"0").join([head, *(tail for _, _, tail in parts)])
-    return rest, polygons, len(parts)
+    polygon = opens & (depth == 2)
+    owner = np.cumsum(opens & (depth == 1)) - 1
+    return owner[polygon], commas[polygon[:-1]] + 1
 
 
-def _chunks(polygons):
-    """(start, end) of pieces of about 16 MB that end at an annotation boundary."""
-    start, n = 0, len(polygons)
-    while start < n:
-        end = polygons.find(b"|", start + _CHUNK) if start + _CHUNK < n else -1
-        end = n if end < 0 else end
-        yield start, end
-        start = end + 1
-
-
-def polygon_stats(polygons, count):
-    """Per annotation, from the joined polygon text: ``(valid, invalid)`` polygon counts (valid: an
-    even number of at least 6 numbers, as Detectron2 keeps them); None if a number is malformed."""
-    valid = np.zeros(count, np.int64)
-    invalid = np.zeros(count, np.int64)
-    first = 0
-    for start, end in _chunks(polygons):
-        # a "|" before and after: the chunk is whole annotations
-        cls = _CLASS[np.frombuffer(b"|" + polygons[start:end] + b"|", np.uint8)]
-        if not _ALLOWED[cls[:-1] * 10 + cls[1:]].all():
-            return None
-        a = cls[1:-1]
-        n = a.size
-        # a polygon ends at "]" (then "],[" and the next starts) or at "|" (the next annotation's starts)
-        ends = np.flatnonzero((a == _CLOSE) | (a == _BAR))
-        is_close = a[ends] == _CLOSE
-        bars = ends[~is_close]
-        if not np.array_equal(np.flatnonzero(a == _OPEN), ends[is_close] + 2):
-            return None  # "[" and "]" only as "],[" between two polygons
-        starts = np.concatenate([[0], ends + np.where(is_close, 3, 1)])
-        ends = np.append(ends, n)
-        # commas from a polygon's start to the next one's: its own, plus the one of "],["
-        span = np.add.reduceat((a == _COMMA).view(np.uint8), np.minimum(starts, max(n - 1, 0)), dtype=np.int64) \
-            if n else np.zeros(1, np.int64)
-        numbers = span - np.append(is_close, False) + 1
-        numbers[ends <= starts] = 0
-        ok = (numbers >= 6) & (numbers % 2 == 0)
-        owner = np.searchsorted(bars, starts, side="left")
-        segments = bars.size + 1
-        valid[first:first + segments] += np.bincount(owner[ok], minlength=segments)
-        invalid[first:first + segments] += np.bincount(owner[~ok], minlength=segments)
-        first += segments
-    return valid, invalid
+def _measure_segmentations(anns):
+    """Per polygon list (in the order of their annotations) ``(valid, invalid)`` polygon counts, measured
+    on their JSON texts; other segmentations are decoded in place. None where polygon lists hold anything
+    but lists of numbers."""
+    raws = _values(anns, "segmentation")
+    where = [i for i, r in enumerate(raws) if r is not None] if raws.count(None) else range(len(raws))
+    present = raws if len(where) == len(raws) else [raws[i] for i in where]
+    if not present:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    text = b"".join(present)
+    lengths = np.fromiter(map(len, present), np.int64, len(present))
+    lists = np.frombuffer(text, np.uint8)[np.cumsum(lengths) - lengths] == _OPEN  # first characters
+    if not lists.all():  # RLE dicts, numbers, strings, null: decoded
+        for k in np.flatnonzero(~lists).tolist():
+            anns[where[k]].segmentation = msgspec.json.decode(present[k])
+        text = b"".join(itertools.compress(present, lists))
+    count = int(lists.sum())
+    measured = polygon_lists(text)
+    if measured is None:
+        return None
+    owner, numbers = measured
+    ok = (numbers >= 6) & (numbers % 2 == 0)
+    return np.bincount(owner[ok], minlength=count), np.bincount(owner[~ok], minlength=count)
 
 
 def read_annotation_json(path):
-    """``(data, (valid, invalid) or None)``: the parsed file, with polygon lists replaced by 0 and
-    counted per annotation (in the order of their annotations), or parsed whole (None)."""
+    """``(data, stats)``: the parsed file and, per annotation whose segmentation is a polygon list (in the
+    order of those annotations), ``(valid, invalid)`` polygon counts (valid: an even number of at least 6
+    numbers, as Detectron2 keeps them). Decoded (:class:`Annotation` records, polygon lists as their JSON
+    texts) where the file fits; else parsed whole with the json module (dicts, polygons parsed), stats None."""
     data = _read(path)
-    cut = _cut_polygons(data)
-    if cut is not None:
-        rest, polygons, count = cut
-        stats = polygon_stats(polygons, count)
-        del polygons
-        if stats is not None:
-            try:
-                parsed = _loads(rest)
-            except ValueError:
-                parsed = None  # cut in the wrong place (a key inside a string?): parse it whole
-            if isinstance(parsed, dict) and _placeholders(parsed) == count:
-                return parsed, stats
-    return _parse(path, data), None
-
-
-def _placeholders(parsed):
-    anns = parsed.get("annotations")
-    if not isinstance(anns, list) or not all(type(a) is dict for a in anns):
-        return -1
-    return [a.get("segmentation") for a in anns].count(_PLACEHOLDER)
+    try:
+        with collector_paused():
+            doc = _DECODER.decode(data)
+    except msgspec.DecodeError:  # not JSON, or a field of another kind: the json module names the place
+        return _parse_json_module(path, data), None
+    anns = doc.annotations
+    stats = None
+    if isinstance(anns, list) and anns:
+        stats = _measure_segmentations(anns)
+        if stats is None:
+            return _parse_json_module(path, data), None
+    parsed = {key: value for key, value in (("images", doc.images), ("annotations", anns),
+                                            ("categories", doc.categories)) if value is not None}
+    return parsed, stats
 
 
 # ------------------------------------------------------------------------------------------ checks
+
+def _values(records, key):
+    """``record.get(key)`` of every record: dicts, or the decoded :class:`Annotation` records (where an
+    absent ``iscrowd`` or ``area`` reads ``msgspec.UNSET``, which is false)."""
+    if _decoded(records):
+        return list(map(operator.attrgetter(key), records))
+    return [r.get(key) for r in records]
+
+
+def _missing(records, key):
+    """How many records have no ``key``."""
+    if _decoded(records):
+        return _values(records, key).count(msgspec.UNSET)
+    return sum(1 for r in records if key not in r)
+
+
+def _flags(records, key):
+    """``bool(record.get(key))`` of every record."""
+    values = _values(records, key)
+    if values.count(None) + values.count(msgspec.UNSET) == len(values):  # none has it
+        return np.zeros(len(values), bool)
+    return np.fromiter(map(bool, values), bool, len(values))
+
+
+def _decoded(records):
+    return bool(records) and type(records[0]) in (Annotation, Image)  # then all are: the decoder made them
+
+
+def _are_lists(records, key):
+    """Per record: its ``key`` is a list."""
+    values = _values(records, key)
+    if not _decoded(records):
+        return np.fromiter((isinstance(v, list) for v in values), bool, len(values))
+    where = np.fromiter((v is not None for v in values), bool, len(values))
+    present = list(itertools.compress(values, where))
+    lengths = np.fromiter(map(len, present), np.int64, len(present))
+    where[where] = np.frombuffer(b"".join(present), np.uint8)[np.cumsum(lengths) - lengths] == _OPEN
+    return where
+
 
 def _first(mask, records, what):
     """The first record where ``mask`` is set, described for the error line."""
     i = int(np.flatnonzero(mask)[0])
     rec = records[i]
-    ident = rec.get("id") if isinstance(rec, dict) else None
+    ident = rec.get("id") if isinstance(rec, (dict, Annotation, Image)) else None
     return f"{what} {ident!r}" if ident is not None else f"{what} #{i}"
 
 
 def _int_field(records, key, path, what):
-    values = [r.get(key) for r in records]
+    values = _values(records, key)
     try:
+        if _decoded(records):  # integers or None, as decoded
+            return np.fromiter(values, np.int64, len(values))
         arr = np.array(values)
         if arr.dtype.kind == "i" and arr.shape == (len(values),):
             return arr
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, TypeError):
         pass
     bad = np.array([type(v) is not int or not -2**63 <= v < 2**63 for v in values])
     problem = "has no" if values[int(np.flatnonzero(bad)[0])] is None else "has a non-integer"
@@ -200,7 +241,7 @@ def _int_field(records, key, path, what):
 
 def _images(data, path, lvis, image_root):
     images = data["images"]
-    bad = np.array([not isinstance(img, dict) for img in images])
+    bad = np.zeros(len(images), bool) if _decoded(images) else np.array([not isinstance(img, dict) for img in images])
     if bad.any():
         raise DatasetError(f"{path}: image #{int(np.flatnonzero(bad)[0])} is not an object")
     ids = _int_field(images, "id", path, "image")
@@ -209,7 +250,7 @@ def _images(data, path, lvis, image_root):
         if (sizes <= 0).any():
             raise DatasetError(f"{path}: {_first(sizes <= 0, images, 'image')} has '{key}' {sizes[sizes <= 0][0]}")
     name_key = "coco_url" if lvis else "file_name"
-    names = [img.get(name_key) for img in images]
+    names = _values(images, name_key)
     bad = np.array([not isinstance(n, str) or not n for n in names])
     if bad.any():
         raise DatasetError(f"{path}: {_first(bad, images, 'image')} has no '{name_key}'")
@@ -224,7 +265,9 @@ def _check_files_exist(files, path, check=True):
     """Every image file exists: one directory listing per folder, no stat per file. Returns the folders."""
     by_folder = {}
     for f in files:
-        folder, name = os.path.split(f)
+        folder, slash, name = f.rpartition("/")  # os.path.split's, at a third of the cost:
+        if folder.endswith("/") or (slash and not folder):  # but for repeated or leading slashes
+            folder = os.path.split(f)[0]
         by_folder.setdefault(folder, []).append(name)
     if not check:
         return sorted(by_folder)
@@ -243,21 +286,24 @@ def _check_files_exist(files, path, check=True):
     return sorted(by_folder)
 
 
-_SEG_KIND = {int: 0, list: 1, dict: 2, type(None): 4}  # 3: anything else; 5: a cut polygon list
+_SEG_KIND = {int: 0, list: 1, msgspec.Raw: 1, dict: 2, type(None): 4}  # 3: anything else; Raw: a decoded polygon list
+
+
+def _polygon_stats(seg_lists, numbers):
+    """``(valid, invalid)`` polygon counts per polygon list, from the numbers of each of their polygons in
+    order (-1: not a list of numbers); valid: an even number of at least 6, as Detectron2 keeps them."""
+    owner = np.repeat(np.arange(len(seg_lists)), np.fromiter(map(len, seg_lists), np.int64, len(seg_lists)))
+    ok = (numbers >= 6) & (numbers % 2 == 0)
+    return np.bincount(owner[ok], minlength=len(seg_lists)), np.bincount(owner[~ok], minlength=len(seg_lists))
 
 
 def _segmentation_facts(anns, stats, path, lvis):
     """Per annotation: usable mask (>= 1 valid polygon, or an RLE dict), has a segmentation, every polygon
-    valid (LVIS needs that). Cut polygon lists (the placeholders) take their counts from ``stats``."""
-    segs = [a.get("segmentation") for a in anns]
+    valid (LVIS needs that). Polygon lists take their counts from ``stats`` where the read measured them."""
+    segs = _values(anns, "segmentation")
     kind = np.array([_SEG_KIND.get(type(seg), 3) for seg in segs], np.int8)
     n = len(anns)
     usable, all_valid = np.zeros(n, bool), np.zeros(n, bool)
-    ints = np.flatnonzero(kind == 0)
-    if stats is not None and ints.size == stats[0].size:  # every number is a placeholder of a cut list
-        usable[ints] = stats[0] > 0
-        all_valid[ints] = (stats[0] > 0) & (stats[1] == 0)
-        kind[ints] = 5
     for i in np.flatnonzero((kind == 0) | (kind == 3)).tolist():
         if segs[i]:  # Detectron2 would iterate over it as polygons and fail
             raise DatasetError(f"{path}: annotation {anns[i].get('id')!r} has a malformed segmentation "
@@ -273,23 +319,25 @@ def _segmentation_facts(anns, stats, path, lvis):
                                "(needs 'counts' and 'size' [height, width])")
         usable[i] = ok
     lists = np.flatnonzero(kind == 1)
-    if lists.size:  # polygons parsed: valid ones (an even number of at least 6 numbers) per annotation
-        seg_lists = [segs[i] for i in lists.tolist()]
-        per = np.fromiter(map(len, seg_lists), np.int64, lists.size)
-        polygons = list(itertools.chain.from_iterable(seg_lists))
-        if set(map(type, polygons)) <= {list}:
-            numbers = np.fromiter(map(len, polygons), np.int64, len(polygons))
-            good = (numbers >= 6) & (numbers % 2 == 0)
-        else:
-            good = np.array([type(p) is list and len(p) >= 6 and len(p) % 2 == 0 for p in polygons], bool)
-        valid = np.bincount(np.repeat(np.arange(lists.size), per)[good], minlength=lists.size)
+    if lists.size:
+        if stats is None:  # polygons parsed: numbers per polygon, -1 for what is not a list
+            seg_lists = [segs[i] for i in lists.tolist()]
+            polygons = list(itertools.chain.from_iterable(seg_lists))
+            if set(map(type, polygons)) <= {list}:
+                numbers = np.fromiter(map(len, polygons), np.int64, len(polygons))
+            else:
+                numbers = np.array([len(p) if type(p) is list else -1 for p in polygons], np.int64)
+            stats = _polygon_stats(seg_lists, numbers)
+        valid, invalid = stats
         usable[lists] = valid > 0
-        all_valid[lists] = (per > 0) & (valid == per)
+        all_valid[lists] = (valid > 0) & (invalid == 0)
     return usable, has_key, all_valid
 
 
 def _keypoint_lengths(anns, path):
-    kps = [a.get("keypoints") for a in anns]
+    kps = _values(anns, "keypoints")
+    if kps.count(None) == len(kps):
+        return np.zeros(len(kps), bool), np.full(len(kps), -1)
     with_kp = np.array([k is not None for k in kps])
     lengths = np.array([len(k) if isinstance(k, list) else -1 for k in kps])
     bad = with_kp & ((lengths < 0) | (lengths % 3 != 0))
@@ -321,13 +369,6 @@ def parse_whole(path):
     except UnicodeDecodeError as e:
         raise _json_error(path, e) from None
     return _parse_json_module(path, text)
-
-
-def _parse(path, data):
-    try:
-        return _loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return _parse_json_module(path, data)  # what orjson refuses and the json module reads: NaN, Infinity
 
 
 def _parse_json_module(path, data):
@@ -370,7 +411,7 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
         _compare_categories(path, dict(zip(cat_ids.tolist(), names)), expected_categories, lvis)
 
     anns = data["annotations"]
-    bad = np.array([not isinstance(a, dict) for a in anns], bool)
+    bad = np.zeros(len(anns), bool) if _decoded(anns) else np.array([not isinstance(a, dict) for a in anns], bool)
     if bad.any():
         raise DatasetError(f"{path}: annotation #{int(np.flatnonzero(bad)[0])} is not an object")
     n = len(anns)
@@ -389,9 +430,9 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
         values, counts = np.unique(ann_ids, return_counts=True)
         raise DatasetError(f"{path}: annotation id {values[counts > 1][0]} is used more than once")
     _check_boxes(anns, path)
-    crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
+    crowd = _flags(anns, "iscrowd")
     if not lvis:
-        ignore = np.array([bool(a.get("ignore", 0)) for a in anns], bool)
+        ignore = _flags(anns, "ignore")
         if ignore.any():
             raise DatasetError(f"{path}: {_first(ignore, anns, 'annotation')} sets 'ignore', which "
                                "Detectron2 does not support")
@@ -412,8 +453,8 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
         "keypoints": keypoints,
         "keypoints_all": bool(with_kp[noncrowd].all()) if n else False,
         "first_has_keypoints": bool(with_kp[0]) if n else False,
-        "missing_area": int(sum(1 for a in anns if "area" not in a)),
-        "missing_iscrowd": int(sum(1 for a in anns if "iscrowd" not in a)),
+        "missing_area": _missing(anns, "area"),
+        "missing_iscrowd": _missing(anns, "iscrowd"),
         "sample_files": _sample(files),
         "image_folders": folders,
         "first_without_mask": _first_id(~usable & ~crowd, anns),
@@ -422,9 +463,8 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
         summary["lvis_frequency_missing"] = [int(c.get("id")) for c in cats
                                              if c.get("frequency") not in ("r", "c", "f")][:5]
         summary["lvis_frequency_missing_count"] = sum(1 for c in cats if c.get("frequency") not in ("r", "c", "f"))
-        summary["lvis_image_lists_missing"] = sum(
-            1 for img in data["images"] if not isinstance(img.get("neg_category_ids"), list)
-            or not isinstance(img.get("not_exhaustive_category_ids"), list))
+        summary["lvis_image_lists_missing"] = int(np.count_nonzero(
+            ~(_are_lists(data["images"], "neg_category_ids") & _are_lists(data["images"], "not_exhaustive_category_ids"))))
     return summary
 
 
@@ -449,7 +489,10 @@ def _sample(files, k=8):
 
 
 def _check_boxes(anns, path):
-    boxes = [a.get("bbox") for a in anns]
+    boxes = _values(anns, "bbox")
+    if _decoded(anns) and boxes.count(None) == 0:  # four numbers each
+        if np.isfinite(np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * len(boxes))).all():
+            return
     try:
         arr = np.array(boxes)  # numbers only: strings or None give another dtype
         ok = not anns or (arr.dtype.kind in "if" and arr.shape == (len(anns), 4) and np.isfinite(arr).all())
@@ -460,7 +503,7 @@ def _check_boxes(anns, path):
     for a, b in zip(anns, boxes):
         if b is None:
             raise DatasetError(f"{path}: annotation {a.get('id')!r} has no 'bbox'")
-        if not (isinstance(b, list) and len(b) == 4 and all(
+        if not (isinstance(b, (list, tuple)) and len(b) == 4 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in b)):
             raise DatasetError(f"{path}: annotation {a.get('id')!r} has a malformed bbox {b!r}")
 

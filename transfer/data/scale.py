@@ -32,13 +32,9 @@ def scaled(sizes, fraction):
 
 
 def _dumps(obj):
-    try:
-        import orjson
-    except ImportError:
-        import json
+    import msgspec
 
-        return json.dumps(obj, separators=(",", ":"), default=lambda a: a.tolist()).encode()
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    return msgspec.json.encode(obj, enc_hook=lambda a: a.tolist())  # numpy arrays and numbers as lists and numbers
 
 
 def _image_records(rng, num_images, split):

@@ -1,5 +1,5 @@
-"""transfer.data.coco_json: the cut-and-measure reading of polygons gives what a plain json parse gives,
-on every layout json writers produce, and sends anything unusual to the plain parse; the generated
+"""transfer.data.coco_json: the decoded reading of polygons (JSON texts, measured on their bytes) gives what a
+plain json parse gives, on every layout json writers produce, and sends anything unusual to the plain parse; the generated
 COCO/LVIS-scale files (transfer.data.scale) load in Detectron2 and pass the check."""
 import json
 
@@ -14,7 +14,7 @@ SEGMENTATIONS = [
     [[1, 2, 3, 4, 5, 6], [1, 2, 3], []],          # one valid polygon, one too short, one empty
     [[]],
     [[-1.5e3, 2, 3.25, 4, 5, 6E-2, 7]],             # odd count
-    {"counts": [1, 2], "size": [1, 3]},           # RLE: not cut
+    {"counts": [1, 2], "size": [1, 3]},           # RLE: decoded as it is
     [[1, 2, 3, 4, 5, 6, 7, 8], [0.5, 1, 2, 3, 4, 5]],
     [[0, 0, 10, 0, 10, 10]],
 ]
@@ -40,25 +40,76 @@ def _truth(path):
     return [sum(g) for g in good], [len(g) - sum(g) for g in good]
 
 
-@pytest.mark.parametrize("layout", ["compact", "spaced"])
-def test_polygons_are_cut_and_counted_exactly(tmp_path, layout):
+@pytest.mark.parametrize("layout", ["compact", "spaced", "indented"])
+def test_polygons_are_decoded_as_text_and_counted_exactly(tmp_path, layout):
     path = _file(tmp_path, layout)
     data, stats = read_annotation_json(str(path))
     assert stats is not None
     assert [list(s) for s in stats] == [list(t) for t in _truth(path)]
-    segs = [a["segmentation"] for a in data["annotations"]]
-    assert segs[3] == SEGMENTATIONS[3] and all(s == 0 for i, s in enumerate(segs) if i != 3)
+    segs = [a.segmentation for a in data["annotations"]]
+    assert segs[3] == SEGMENTATIONS[3]
+    assert [json.loads(bytes(s)) for i, s in enumerate(segs) if i != 3] == \
+        [s for i, s in enumerate(SEGMENTATIONS) if i != 3]
 
 
-def test_other_layouts_and_odd_numbers_are_parsed_whole(tmp_path):
-    data, stats = read_annotation_json(str(_file(tmp_path, "indented")))
-    assert stats is None and data["annotations"][0]["segmentation"] == SEGMENTATIONS[0]
+def test_random_polygon_lists_are_counted_as_a_plain_parse_counts_them(tmp_path):
+    rng = np.random.default_rng(3)
+    numbers = [0, -1.5, 3e-2, 12, 7.25, -0.0, 1E5]
+    segmentations = [[[numbers[k] for k in rng.integers(0, len(numbers), rng.integers(0, 11))]
+                      for _ in range(rng.integers(0, 4))] for _ in range(300)]
+    for layout in ("compact", "spaced"):
+        path = _file(tmp_path, layout, segmentations)
+        data, stats = read_annotation_json(str(path))
+        assert [list(s) for s in stats] == [list(t) for t in _truth(path)]
+        with open(path) as f:
+            whole = json.load(f)
+        assert check_coco_json(str(path), str(tmp_path), check_files=False) == \
+            check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
+
+
+@pytest.mark.parametrize("odd", [["abcdefgh"], [7, [1, 2, 3, 4, 5, 6]], [[1, 2, 3, 4, 5, 6], [[1, 2]]], [None],
+                                 [True, [1, 2, 3, 4, 5, 6]], [{"x": 1}], [1, 2, 3, 4, 5, 6], [[1, 2, 3, 4, 5, 6], 7],
+                                 [[1, 2, 3, 4, 5, 6], 7, [1, 2, 3, 4, 5, 6]], [[[1, 2, 3, 4, 5, 6]]]])
+def test_polygon_lists_of_anything_else_are_parsed_whole_with_the_same_summary(tmp_path, odd):
+    path = _file(tmp_path, "compact", SEGMENTATIONS + [odd])
+    data, stats = read_annotation_json(str(path))
+    with open(path) as f:
+        whole = json.load(f)
+    assert stats is None and data == whole
+    summary = check_coco_json(str(path), str(tmp_path), check_files=False)
+    assert summary == check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
+    assert summary["first_without_mask"] == 2
+
+
+def test_a_list_of_one_number_is_no_mask_as_in_a_plain_parse(tmp_path):
+    """The read takes [7] for an empty polygon list: both hold no valid polygon, the facts agree."""
+    path = _file(tmp_path, "compact", [[7], [[1, 2, 3, 4, 5, 6]], [], [[7]]])
+    with open(path) as f:
+        whole = json.load(f)
+    summary = check_coco_json(str(path), str(tmp_path), check_files=False)
+    assert summary == check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
+    assert summary["first_without_mask"] == 1 and summary["segmentation_all"]
+    whole["images"][0]["coco_url"] = "http://images.cocodataset.org/train2017/a.jpg"
+    path.write_text(json.dumps(whole))
+    with pytest.raises(DatasetError, match="annotation 1 has no segmentation or a polygon with fewer than 3"):
+        check_coco_json(str(path), str(tmp_path), check_files=False, lvis=True)
+
+
+def test_broken_json_and_fields_of_another_kind_are_named(tmp_path):
     text = _file(tmp_path, "compact").read_text()
-    for bad in ("[[1,,2", "[[1,2-3", "[[.5,", "[[1e,", "[[1,2,3]]]", "[[1,2|3"):
-        path = tmp_path / "odd.json"
+    path = tmp_path / "odd.json"
+    for bad in ("[[1,,2", "[[1,2-3", "[[.5,", "[[1e,", "[[1,2,3]]]", "[[1,2|3", "[[NaN,"):
         path.write_text(text.replace("[[1,2,3", bad, 1))
         with pytest.raises(DatasetError, match=r"odd\.json is not valid JSON"):
-            read_annotation_json(str(path))
+            check_coco_json(str(path), str(tmp_path), check_files=False)
+    for before, after, error in (('"annotations":[{', '"annotations":[7,{', "annotation #0 is not an object"),
+                                 ('"annotations":[', '"annotations":{"a":[', "no 'annotations' list"),
+                                 ('"id":1,"image_id"', '"id":"1","image_id"', "annotation '1' has a non-integer 'id'"),
+                                 ('{"images"', '[{"images"', "top level is not an object")):
+        path.write_text(text.replace(before, after, 1) + ("]" if after.startswith("[{") else "}" if "{\"a\"" in after
+                                                          else ""))
+        with pytest.raises(DatasetError, match=error):
+            check_coco_json(str(path), str(tmp_path), check_files=False)
 
 
 def test_truncated_file_names_the_place(tmp_path):
@@ -89,15 +140,15 @@ def test_scale_files_load_in_detectron2_and_pass_the_check(tmp_path):
     assert (areas > 0).all()
 
 
-def test_the_check_on_a_whole_parse_equals_the_check_on_the_cut_read(tmp_path):
-    """A run checks the file on Detectron2's whole parse (``parsed=``), a sweep on the cut read: one summary.
+def test_the_check_on_a_whole_parse_equals_the_check_on_the_decoded_read(tmp_path):
+    """A run checks the file on Detectron2's whole parse (``parsed=``), a sweep on the decoded read: one summary.
     Detectron2 keeps a polygon of an even number (>= 6) of values; an annotation without one has no mask."""
     path = _file(tmp_path, "compact")
-    cut = check_coco_json(str(path), str(tmp_path), check_files=False)
+    decoded = check_coco_json(str(path), str(tmp_path), check_files=False)
     with open(path) as f:
         whole = json.load(f)
-    assert check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole) == cut
-    assert cut["first_without_mask"] == 2 and not cut["masks_all"] and cut["images_with_annotations"] == 1
+    assert check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole) == decoded
+    assert decoded["first_without_mask"] == 2 and not decoded["masks_all"] and decoded["images_with_annotations"] == 1
     # what only a whole parse can hold: a polygon that is not a list is not a valid one
     whole["annotations"][1]["segmentation"] = [[0, 0, 4, 0, 4, 4]]
     whole["images"].append({"id": 2, "file_name": "b.jpg", "height": 10, "width": 10})
@@ -106,3 +157,48 @@ def test_the_check_on_a_whole_parse_equals_the_check_on_the_cut_read(tmp_path):
         whole["annotations"][2]["segmentation"] = polygons
         summary = check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
         assert summary["first_without_mask"] == 3 and summary["images_with_annotations"] == 2
+
+
+DAMAGES = [  # (what the second annotation becomes, the error)
+    ({"bbox": [1, 2, 3]}, r"annotation 2 has a malformed bbox \[1, 2, 3\]"),
+    ({"bbox": [1, 2, "3", 4]}, r"annotation 2 has a malformed bbox \[1, 2, '3', 4\]"),
+    ({"bbox": [1, 2, 1e999, 4]}, r"annotation 2 has a malformed bbox \[1, 2, inf, 4\]"),
+    ({"bbox": None}, r"annotation 2 has no 'bbox'"),
+    ({"id": 2.0}, r"annotation 2.0 has a non-integer 'id'"),
+    ({"image_id": None}, r"annotation 2 has no 'image_id'"),
+    ({"category_id": 9}, r"annotation 2 refers to unknown category 9"),
+    ({"segmentation": "abc"}, r"annotation 2 has a malformed segmentation 'abc'"),
+    ({"segmentation": {"counts": "x"}}, r"annotation 2 has a malformed RLE segmentation"),
+    ({"keypoints": [1, 2]}, r"annotation 2 has 2 keypoint values"),
+    ({"ignore": 1}, r"annotation 2 sets 'ignore'"),
+]
+
+
+@pytest.mark.parametrize("change,error", DAMAGES, ids=[str(c) for c, _ in DAMAGES])
+def test_a_damaged_annotation_is_named_by_the_read_and_by_the_whole_parse(tmp_path, change, error):
+    path = _file(tmp_path, "compact")
+    data = json.loads(path.read_text())
+    data["annotations"][1].update(change)
+    if change.get("bbox") is None and "bbox" in change:
+        del data["annotations"][1]["bbox"]
+    path.write_text(json.dumps(data, separators=(",", ":")).replace("Infinity", "1e999"))
+    with pytest.raises(DatasetError, match=error):
+        check_coco_json(str(path), str(tmp_path), check_files=False)
+    with open(path) as f:
+        whole = json.load(f)
+    with pytest.raises(DatasetError, match=error):
+        check_coco_json(str(path), str(tmp_path), check_files=False, parsed=whole)
+
+
+def test_missing_area_and_iscrowd_are_counted(tmp_path):
+    path = _file(tmp_path, "compact")
+    data = json.loads(path.read_text())
+    for i, a in enumerate(data["annotations"]):
+        a["area"] = 5.0
+        if i % 2:
+            a["iscrowd"] = 0
+    del data["annotations"][0]["area"], data["annotations"][4]["area"]
+    path.write_text(json.dumps(data))
+    summary = check_coco_json(str(path), str(tmp_path), check_files=False)
+    assert summary["missing_area"] == 2 and summary["missing_iscrowd"] == 3
+    assert summary == check_coco_json(str(path), str(tmp_path), check_files=False, parsed=data)
