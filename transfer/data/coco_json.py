@@ -102,7 +102,7 @@ class _Document(msgspec.Struct, gc=False):
 
 _DECODER = msgspec.json.Decoder(_Document)
 _NUMBER_BYTES = b"0123456789.-+eE \t\r\n"  # and JSON whitespace: what a polygon's numbers are made of
-_OPEN, _CLOSE = ord("["), ord("]")
+_OPEN = ord("[")
 
 
 def polygon_lists(text):
