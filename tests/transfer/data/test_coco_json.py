@@ -202,3 +202,17 @@ def test_missing_area_and_iscrowd_are_counted(tmp_path):
     summary = check_coco_json(str(path), str(tmp_path), check_files=False)
     assert summary["missing_area"] == 2 and summary["missing_iscrowd"] == 3
     assert summary == check_coco_json(str(path), str(tmp_path), check_files=False, parsed=data)
+
+
+def test_lvis_images_without_their_category_lists_are_counted(tmp_path):
+    path = _file(tmp_path, "compact", [[[0, 0, 10, 0, 10, 10]]] * 3)
+    data = json.loads(path.read_text())
+    data["images"] = [{"id": i, "coco_url": f"http://x/train2017/{i}.jpg", "height": 10, "width": 10,
+                       "neg_category_ids": [1], "not_exhaustive_category_ids": []} for i in (1, 2, 3, 4)]
+    del data["images"][1]["neg_category_ids"]
+    data["images"][2]["not_exhaustive_category_ids"] = None
+    data["images"][3]["neg_category_ids"] = {"a": 1}
+    path.write_text(json.dumps(data))
+    summary = check_coco_json(str(path), str(tmp_path) + "/", lvis=True, check_files=False)
+    assert summary["lvis_image_lists_missing"] == 3
+    assert summary == check_coco_json(str(path), str(tmp_path) + "/", lvis=True, check_files=False, parsed=data)
