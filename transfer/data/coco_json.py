@@ -148,9 +148,7 @@ def _measure_segmentations(anns):
     measured = polygon_lists(text)
     if measured is None:
         return None
-    owner, numbers = measured
-    ok = (numbers >= 6) & (numbers % 2 == 0)
-    return np.bincount(owner[ok], minlength=count), np.bincount(owner[~ok], minlength=count)
+    return _valid_invalid(*measured, count)
 
 
 def read_annotation_json(path):
@@ -293,8 +291,13 @@ def _polygon_stats(seg_lists, numbers):
     """``(valid, invalid)`` polygon counts per polygon list, from the numbers of each of their polygons in
     order (-1: not a list of numbers); valid: an even number of at least 6, as Detectron2 keeps them."""
     owner = np.repeat(np.arange(len(seg_lists)), np.fromiter(map(len, seg_lists), np.int64, len(seg_lists)))
+    return _valid_invalid(owner, numbers, len(seg_lists))
+
+
+def _valid_invalid(owner, numbers, count):
+    """``(valid, invalid)`` polygons per list, from each polygon's list and its number of numbers."""
     ok = (numbers >= 6) & (numbers % 2 == 0)
-    return np.bincount(owner[ok], minlength=len(seg_lists)), np.bincount(owner[~ok], minlength=len(seg_lists))
+    return np.bincount(owner[ok], minlength=count), np.bincount(owner[~ok], minlength=count)
 
 
 def _segmentation_facts(anns, stats, path, lvis):
