@@ -249,6 +249,7 @@ def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, device="c
     """The project's own training loop (``tools/pretrain_backbone.py``'s Trainer, MoCo v2 recipe): images/s
     over ``iters`` iterations after ``warmup``, as its metrics log reports them (checkpoints excluded)."""
     import json
+    import shutil
     import tempfile
 
     from pretrain.common.distributed import DistInfo
@@ -258,9 +259,12 @@ def _ours_loop(root, arch, size, batch, queue, workers, warmup, iters, device="c
     cfg.merge_from_list(["DEVICE", device, "DATA.ROOT", os.path.dirname(root), "DATA.TRAIN_DIR", os.path.basename(root),
                          "DATA.NUM_WORKERS", workers, "SOLVER.MAX_ITER", warmup + iters, "LOG_PERIOD", warmup,
                          "KNN.PERIOD", 0, "TENSORBOARD", False, "OUTPUT_DIR", out, "SEED", 0] + list(overrides))
-    run(cfg, dist_info=DistInfo())
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    try:
+        run(cfg, dist_info=DistInfo())
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     logged = sorted((r for r in records if "images_per_sec" in r), key=lambda r: r["iter"])
     windows = [(r["iter"] - p["iter"], r["time"]) for p, r in zip(logged, logged[1:]) if p["iter"] >= warmup]
     return sum(n for n, _ in windows) * batch / sum(n * t for n, t in windows)

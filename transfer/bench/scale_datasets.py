@@ -26,6 +26,7 @@ in a run is the median of the rounds' differences.
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 
 from transfer.bench.isolated import run_isolated
@@ -161,8 +162,11 @@ def bench_datasets(fractions, kinds=("coco", "lvis"), work_dir=None, load=True, 
                     log(f"datasets: writing {name} at {fraction:.0%} ...")
                 root, info = write_root(work_dir, kind, fraction)
                 cache = tempfile.mkdtemp(prefix="check_cache_", dir=work_dir)
-                run_isolated(_check, root, name, cache, imports=_IMPORTS)  # fills the cache
-                cached = run_isolated(_check, root, name, cache, imports=_IMPORTS)
+                try:
+                    run_isolated(_check, root, name, cache, imports=_IMPORTS)  # fills the cache
+                    cached = run_isolated(_check, root, name, cache, imports=_IMPORTS)
+                finally:
+                    shutil.rmtree(cache, ignore_errors=True)
                 steps = {"check": (_check, (root, name, None))}
                 if load:
                     steps.update({"Detectron2 load": (_load, (root, name, _CLASSES[kind])),

@@ -19,8 +19,11 @@ import contextlib
 import gc
 import itertools
 import json
+import multiprocessing
 import operator
 import os
+import sys
+import warnings
 from typing import Any, Union
 
 import msgspec
@@ -128,27 +131,140 @@ def polygon_lists(text):
     return owner[polygon], commas[polygon[:-1]] + 1
 
 
-def _measure_segmentations(anns):
-    """Per polygon list (in the order of their annotations) ``(valid, invalid)`` polygon counts, measured
-    on their JSON texts; other segmentations are decoded in place. None where polygon lists hold anything
-    but lists of numbers."""
-    raws = _values(anns, "segmentation")
+def _measure_texts(raws):
+    """``(lists, valid, invalid)`` of segmentation texts (``msgspec.Raw``, None where absent): per text, is
+    it a list; per list, in order, its ``(valid, invalid)`` polygon counts. None where polygon lists hold
+    anything but lists of numbers."""
     where = [i for i, r in enumerate(raws) if r is not None] if raws.count(None) else range(len(raws))
     present = raws if len(where) == len(raws) else [raws[i] for i in where]
+    lists = np.zeros(len(raws), bool)
     if not present:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    text = b"".join(present)
+        return lists, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    text = bytearray().join(present)
     lengths = np.fromiter(map(len, present), np.int64, len(present))
-    lists = np.frombuffer(text, np.uint8)[np.cumsum(lengths) - lengths] == _OPEN  # first characters
-    if not lists.all():  # RLE dicts, numbers, strings, null: decoded
-        for k in np.flatnonzero(~lists).tolist():
-            anns[where[k]].segmentation = msgspec.json.decode(present[k])
-        text = b"".join(itertools.compress(present, lists))
-    count = int(lists.sum())
+    starts = np.cumsum(lengths) - lengths
+    first_is_open = np.frombuffer(text, np.uint8)[starts] == _OPEN  # first characters
+    for k in np.flatnonzero(~first_is_open).tolist():  # RLE dicts, numbers, strings, null: blanked out
+        start = int(starts[k])  # (whitespace goes with the numbers): what is left are the lists, in order
+        text[start:start + len(present[k])] = b" " * len(present[k])
+    lists[where] = first_is_open
     measured = polygon_lists(text)
     if measured is None:
         return None
-    return _valid_invalid(*measured, count)
+    return (lists,) + _valid_invalid(*measured, int(first_is_open.sum()))
+
+
+class _SegmentationOnly(msgspec.Struct, gc=False):
+    segmentation: msgspec.Raw = None
+
+
+class _SegmentationsOnly(msgspec.Struct, gc=False):
+    annotations: Union[list[_SegmentationOnly], None] = None
+
+
+_SEGMENTATIONS_DECODER = msgspec.json.Decoder(_SegmentationsOnly)
+HELPER_MIN_BYTES = 64 << 20  # files from this size have their polygons measured by a helper process
+
+
+def _measure_in_helper(conn, data):
+    """In a forked helper: decode the annotations' segmentations only and measure them (see below)."""
+    try:
+        anns = _SEGMENTATIONS_DECODER.decode(data).annotations
+        conn.send(("measured", _measure_texts(list(map(operator.attrgetter("segmentation"), anns)))))
+    except BaseException:  # noqa: BLE001 - the file does not fit, or anything else: the parent measures
+        conn.send(("failed", None))
+    finally:
+        conn.close()
+
+
+class _Helper:
+    """A forked process that measures the polygons of a large file while this one decodes it (the two
+    passes take about as long): on Linux with at least two CPUs for this process, else nothing. The
+    helper decodes the same bytes, so its annotations are this process's, in the same order; where it
+    fails or dies, this process measures them itself."""
+
+    def __init__(self, data):
+        self.proc = self.conn = None
+        if (len(data) < HELPER_MIN_BYTES or not sys.platform.startswith("linux")
+                or len(os.sched_getaffinity(0)) < 2):
+            return
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe(duplex=False)
+        with warnings.catch_warnings():  # Python 3.12+ warns of forking with threads: the helper takes no lock
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.proc = ctx.Process(target=_measure_in_helper, args=(child, data), daemon=True)
+            self.proc.start()
+        child.close()
+
+    def result(self, count):
+        """``("measured", what _measure_texts gives)`` for ``count`` annotations, or None."""
+        if self.proc is None:
+            return None
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):  # it died (out of memory, killed)
+            kind, value = "failed", None
+        finally:
+            self.close()
+        if kind != "measured" or (value is not None and len(value[0]) != count):
+            return None
+        return kind, value
+
+    def close(self):
+        if self.proc is not None:
+            self.conn.close()
+            self.proc.kill()
+            self.proc.join()
+            self.proc = None
+
+
+class _DecodedFile:
+    """A file decoded against the check's schema (``data``: its parts, :class:`Annotation` and :class:`Image`
+    records), or parsed whole with the json module where the schema does not fit (``stats`` then None).
+    Its polygons are measured when :meth:`stats` is first asked, by the helper where it ran meanwhile."""
+
+    def __init__(self, path):
+        self.path, self.bytes = path, _read(path)
+        self.helper = _Helper(self.bytes)
+        try:
+            with collector_paused():
+                doc = _DECODER.decode(self.bytes)
+        except msgspec.DecodeError:  # not JSON, or a field of another kind: the json module names the place
+            self.helper.close()
+            self.data, self.decoded = _parse_json_module(path, self.bytes), False
+            return
+        self.decoded = True
+        self.data = {key: value for key, value in (("images", doc.images), ("annotations", doc.annotations),
+                                                   ("categories", doc.categories)) if value is not None}
+        self._stats = None
+
+    def stats(self):
+        """Per polygon list (in the order of their annotations) ``(valid, invalid)`` polygon counts; other
+        segmentations are decoded in place. None for a whole parse; ``WHOLE`` where polygon lists hold
+        anything but lists of numbers (the file is to be parsed whole)."""
+        if not self.decoded:
+            return None
+        anns = self.data.get("annotations")
+        if self._stats is None and isinstance(anns, list) and anns:
+            raws = _values(anns, "segmentation")
+            answer = self.helper.result(len(raws))
+            measured = answer[1] if answer is not None else _measure_texts(raws)
+            if measured is None:
+                self._stats = WHOLE
+            else:
+                lists, valid, invalid = measured
+                for i in np.flatnonzero(~lists).tolist():
+                    if raws[i] is not None:
+                        anns[i].segmentation = msgspec.json.decode(raws[i])
+                self._stats = valid, invalid
+        self.helper.close()
+        return self._stats
+
+    def parse_whole(self):
+        return _parse_json_module(self.path, self.bytes)
+
+
+WHOLE = "parse the file whole"
 
 
 def read_annotation_json(path):
@@ -156,21 +272,11 @@ def read_annotation_json(path):
     order of those annotations), ``(valid, invalid)`` polygon counts (valid: an even number of at least 6
     numbers, as Detectron2 keeps them). Decoded (:class:`Annotation` records, polygon lists as their JSON
     texts) where the file fits; else parsed whole with the json module (dicts, polygons parsed), stats None."""
-    data = _read(path)
-    try:
-        with collector_paused():
-            doc = _DECODER.decode(data)
-    except msgspec.DecodeError:  # not JSON, or a field of another kind: the json module names the place
-        return _parse_json_module(path, data), None
-    anns = doc.annotations
-    stats = None
-    if isinstance(anns, list) and anns:
-        stats = _measure_segmentations(anns)
-        if stats is None:
-            return _parse_json_module(path, data), None
-    parsed = {key: value for key, value in (("images", doc.images), ("annotations", anns),
-                                            ("categories", doc.categories)) if value is not None}
-    return parsed, stats
+    read = _DecodedFile(path)
+    stats = read.stats()
+    if stats is WHOLE:
+        return read.parse_whole(), None
+    return read.data, stats
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -224,6 +330,8 @@ def _first(mask, records, what):
 
 def _int_field(records, key, path, what):
     values = _values(records, key)
+    if not values:
+        return np.zeros(0, np.int64)
     try:
         if _decoded(records):  # integers or None, as decoded
             return np.fromiter(values, np.int64, len(values))
@@ -252,21 +360,28 @@ def _images(data, path, lvis, image_root):
     bad = np.array([not isinstance(n, str) or not n for n in names])
     if bad.any():
         raise DatasetError(f"{path}: {_first(bad, images, 'image')} has no '{name_key}'")
+    by_folder = None  # {folder: [file name]}, where known here
     if lvis:  # Detectron2: image_root + <split folder of coco_url>/<file name>
         files = [image_root + "/".join(n.split("/")[-2:]) if "/" in n else image_root + n for n in names]
+    elif "/" not in "\n".join(names):  # os.path.join(image_root, name), all in one folder
+        prefix = image_root if not image_root or image_root.endswith("/") else image_root + "/"
+        files = list(map(prefix.__add__, names))
+        by_folder = {os.path.split(files[0])[0]: names}
     else:
         files = [os.path.join(image_root, n) for n in names]
-    return ids, files
+    return ids, files, by_folder
 
 
-def _check_files_exist(files, path, check=True):
-    """Every image file exists: one directory listing per folder, no stat per file. Returns the folders."""
-    by_folder = {}
-    for f in files:
-        folder, slash, name = f.rpartition("/")  # os.path.split's, at a third of the cost:
-        if folder.endswith("/") or (slash and not folder):  # but for repeated or leading slashes
-            folder = os.path.split(f)[0]
-        by_folder.setdefault(folder, []).append(name)
+def _check_files_exist(files, path, check=True, by_folder=None):
+    """Every image file exists: one directory listing per folder, no stat per file. Returns the folders.
+    ``by_folder``: the files' names grouped by folder, when the caller knows them."""
+    if by_folder is None:
+        by_folder = {}
+        for f in files:
+            folder, slash, name = f.rpartition("/")  # os.path.split's, at a third of the cost:
+            if folder.endswith("/") or (slash and not folder):  # but for repeated or leading slashes
+                folder = os.path.split(f)[0]
+            by_folder.setdefault(folder, []).append(name)
     if not check:
         return sorted(by_folder)
     missing = []
@@ -304,7 +419,7 @@ def _segmentation_facts(anns, stats, path, lvis):
     """Per annotation: usable mask (>= 1 valid polygon, or an RLE dict), has a segmentation, every polygon
     valid (LVIS needs that). Polygon lists take their counts from ``stats`` where the read measured them."""
     segs = _values(anns, "segmentation")
-    kind = np.array([_SEG_KIND.get(type(seg), 3) for seg in segs], np.int8)
+    kind = np.fromiter(map(_SEG_KIND.get, map(type, segs), itertools.repeat(3)), np.int8, len(segs))
     n = len(anns)
     usable, all_valid = np.zeros(n, bool), np.zeros(n, bool)
     for i in np.flatnonzero((kind == 0) | (kind == 3)).tolist():
@@ -391,11 +506,22 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
     must exist under ``image_root``. ``parsed``: the file already parsed whole (:func:`parse_whole`), when
     the caller needs it anyway; else the check reads it itself, without parsing the polygons.
     """
-    what = "LVIS" if lvis else "COCO"
     if not os.path.isfile(path):
-        raise DatasetError(f"{what} annotation file not found: {path} "
+        raise DatasetError(f"{'LVIS' if lvis else 'COCO'} annotation file not found: {path} "
                            f"(datasets root: {datasets_root()}; set DETECTRON2_DATASETS or see README)")
-    data, stats = (parsed, None) if parsed is not None else read_annotation_json(path)
+    args = (path, image_root, lvis, expected_categories, expected_keypoints, check_files)
+    if parsed is not None:
+        return _check_data(*args, parsed, None)
+    read = _DecodedFile(path)
+    try:
+        return _check_data(*args, read.data, read)
+    finally:
+        read.helper.close()
+
+
+def _check_data(path, image_root, lvis, expected_categories, expected_keypoints, check_files, data, read):
+    """:func:`check_coco_json` of the file's ``data``: parsed whole, or decoded by ``read`` (a
+    :class:`_DecodedFile`, which measures the polygons)."""
     if not isinstance(data, dict):
         raise DatasetError(f"{path} is not a COCO-style annotation file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
@@ -403,7 +529,7 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
             raise DatasetError(f"{path} has no '{key}' list; not a COCO-style annotation file")
     if not data["images"]:
         raise DatasetError(f"{path} lists no images")
-    image_ids, files = _images(data, path, lvis, image_root)
+    image_ids, files, by_folder = _images(data, path, lvis, image_root)
 
     cats = data["categories"]
     if not all(isinstance(c, dict) for c in cats):
@@ -439,13 +565,17 @@ def check_coco_json(path, image_root, lvis=False, expected_categories=None, expe
         if ignore.any():
             raise DatasetError(f"{path}: {_first(ignore, anns, 'annotation')} sets 'ignore', which "
                                "Detectron2 does not support")
+    stats = read.stats() if read is not None else None  # measured meanwhile by the helper, if one ran
+    if stats is WHOLE:
+        return check_coco_json(path, image_root, lvis, expected_categories, expected_keypoints, check_files,
+                               parsed=read.parse_whole())
     usable, has_seg, all_valid = _segmentation_facts(anns, stats, path, lvis)
     if lvis and n and not all_valid.all():
         raise DatasetError(f"{path}: {_first(~all_valid, anns, 'annotation')} has no segmentation or a "
                            "polygon with fewer than 3 points (Detectron2's LVIS loader needs every polygon valid)")
     with_kp, kp_len = _keypoint_lengths(anns, path)
     keypoints = _keypoint_count(path, anns, with_kp, kp_len, cats, expected_keypoints)
-    folders = _check_files_exist(files, path, check_files)
+    folders = _check_files_exist(files, path, check_files, by_folder)
     noncrowd = ~crowd
     summary = {
         "images": len(files), "annotations": n,
@@ -493,9 +623,8 @@ def _sample(files, k=8):
 
 def _check_boxes(anns, path):
     boxes = _values(anns, "bbox")
-    if _decoded(anns) and boxes.count(None) == 0:  # four numbers each
-        if np.isfinite(np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * len(boxes))).all():
-            return
+    if _decoded(anns) and boxes.count(None) == 0:  # four finite numbers each: msgspec decodes no number
+        return  # out of float's range (and JSON has no inf or nan), the file is then parsed whole
     try:
         arr = np.array(boxes)  # numbers only: strings or None give another dtype
         ok = not anns or (arr.dtype.kind in "if" and arr.shape == (len(anns), 4) and np.isfinite(arr).all())

@@ -2,6 +2,8 @@
 plain json parse gives, on every layout json writers produce, and sends anything unusual to the plain parse; the generated
 COCO/LVIS-scale files (transfer.data.scale) load in Detectron2 and pass the check."""
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -216,3 +218,78 @@ def test_lvis_images_without_their_category_lists_are_counted(tmp_path):
     summary = check_coco_json(str(path), str(tmp_path) + "/", lvis=True, check_files=False)
     assert summary["lvis_image_lists_missing"] == 3
     assert summary == check_coco_json(str(path), str(tmp_path) + "/", lvis=True, check_files=False, parsed=data)
+
+
+@pytest.mark.parametrize("names", [["a.jpg", "b.jpg"], ["a.jpg", "sub/b.jpg", "sub//c.jpg"], ["a.jpg", "ABS"]])
+@pytest.mark.parametrize("root_form", ["plain", "trailing slash", "double slash"])
+def test_image_files_are_found_where_os_path_join_puts_them(tmp_path, monkeypatch, names, root_form):
+    """Image paths and folders are os.path.join(image_root, file_name) and its os.path.split head, whatever
+    the slashes; a missing file is named by that path."""
+    root = tmp_path / "images"
+    names = [str(tmp_path / "abs" / "d.jpg") if n == "ABS" else n for n in names]
+    image_root = {"plain": str(root), "trailing slash": f"{root}/", "double slash": f"{root}//"}[root_form]
+    paths = [os.path.join(image_root, n) for n in names]
+    for p in paths:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "wb").close()
+    data = {"images": [{"id": i + 1, "file_name": n, "height": 5, "width": 5} for i, n in enumerate(names)],
+            "categories": [{"id": 1, "name": "x"}], "annotations": []}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    summary = check_coco_json(str(path), image_root)
+    assert summary["image_folders"] == sorted({os.path.split(p)[0] for p in paths})
+    assert sorted(summary["sample_files"]) == sorted(paths)
+    os.remove(paths[-1])
+    with pytest.raises(DatasetError, match="image file not found: ") as error:
+        check_coco_json(str(path), image_root)
+    named = re.match(r"image file not found: (\S+) ", str(error.value))[1]
+    assert os.path.normpath(named) == os.path.normpath(paths[-1])
+    monkeypatch.chdir(root)  # an empty image root: names relative to the working folder
+    if not os.path.isabs(names[0]):
+        assert check_coco_json(str(path), "", check_files=False)["image_folders"] == sorted(
+            {os.path.split(n)[0] for n in names})
+
+
+def _measured_here(path):
+    from transfer.data import coco_json
+
+    anns = coco_json._DECODER.decode(open(path, "rb").read()).annotations
+    return coco_json._measure_texts([a.segmentation for a in anns])
+
+
+@pytest.mark.parametrize("segmentations", [SEGMENTATIONS, [[[1, 2, "x"]], [[1, 2, 3, 4, 5, 6]]], [None, [[1]]]])
+def test_a_helper_process_measures_large_files_as_this_process_does(tmp_path, monkeypatch, segmentations):
+    """Files from HELPER_MIN_BYTES have their polygons measured by a forked helper: the same answer as
+    measuring here (None where polygon lists hold something else), and the same check."""
+    from transfer.data import coco_json
+
+    path = _file(tmp_path, "spaced", segmentations)
+    data = path.read_bytes()
+    here = _measured_here(path)
+    monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 0)
+    helper = coco_json._Helper(data)
+    assert helper.proc is not None or len(os.sched_getaffinity(0)) < 2
+    answer = helper.result(len(segmentations))
+    if helper.proc is None and answer is None:
+        pytest.skip("one CPU: no helper")
+    kind, measured = answer
+    assert kind == "measured"
+    if here is None:
+        assert measured is None
+    else:
+        assert all(np.array_equal(a, b) for a, b in zip(measured, here))
+    with_helper = check_coco_json(str(path), str(tmp_path), check_files=False)
+    monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 1 << 62)
+    assert with_helper == check_coco_json(str(path), str(tmp_path), check_files=False)
+
+
+def test_a_helper_that_fails_or_dies_leaves_the_measuring_to_this_process(tmp_path, monkeypatch):
+    from transfer.data import coco_json
+
+    path = _file(tmp_path, "compact")
+    expected = check_coco_json(str(path), str(tmp_path), check_files=False)
+    monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 0)
+    monkeypatch.setattr(coco_json, "_SEGMENTATIONS_DECODER", None)  # the helper raises
+    assert check_coco_json(str(path), str(tmp_path), check_files=False) == expected
+    monkeypatch.setattr(coco_json, "_measure_in_helper", lambda conn, data: os._exit(9))  # it dies
+    assert check_coco_json(str(path), str(tmp_path), check_files=False) == expected
