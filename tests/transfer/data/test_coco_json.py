@@ -268,9 +268,9 @@ def test_a_helper_process_measures_large_files_as_this_process_does(tmp_path, mo
     here = _measured_here(path)
     monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 0)
     helper = coco_json._Helper(data)
-    assert helper.proc is not None or len(os.sched_getaffinity(0)) < 2
+    assert helper.pid is not None or len(os.sched_getaffinity(0)) < 2
     answer = helper.result(len(segmentations))
-    if helper.proc is None and answer is None:
+    if helper.pid is None and answer is None:
         pytest.skip("one CPU: no helper")
     kind, measured = answer
     assert kind == "measured"
@@ -291,5 +291,31 @@ def test_a_helper_that_fails_or_dies_leaves_the_measuring_to_this_process(tmp_pa
     monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 0)
     monkeypatch.setattr(coco_json, "_SEGMENTATIONS_DECODER", None)  # the helper raises
     assert check_coco_json(str(path), str(tmp_path), check_files=False) == expected
-    monkeypatch.setattr(coco_json, "_measure_in_helper", lambda conn, data: os._exit(9))  # it dies
+    monkeypatch.setattr(coco_json, "_measure_in_helper", lambda data: os._exit(9))  # it dies
     assert check_coco_json(str(path), str(tmp_path), check_files=False) == expected
+
+
+def _check_in_a_daemon(path, image_root, conn):
+    from transfer.data import coco_json
+
+    coco_json.HELPER_MIN_BYTES = 0
+    read = coco_json._DecodedFile(path)
+    forked = read.helper.pid is not None and read.helper.result(len(read.data["annotations"])) is not None
+    conn.send((forked, coco_json.check_coco_json(path, image_root, check_files=False)))
+
+
+def test_the_helper_also_runs_where_multiprocessing_allows_no_children(tmp_path):
+    """A daemonic multiprocessing process (a benchmark's measuring process, a pool worker) may not start
+    multiprocessing children; the helper is a plain fork and runs there too."""
+    import multiprocessing
+
+    path = str(_file(tmp_path, "compact"))
+    expected = check_coco_json(path, str(tmp_path), check_files=False)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_check_in_a_daemon, args=(path, str(tmp_path), child), daemon=True)
+    proc.start()
+    forked, summary = parent.recv()
+    proc.join()
+    assert summary == expected
+    assert forked or len(os.sched_getaffinity(0)) < 2
