@@ -197,7 +197,9 @@ class _Helper:
             return
         if pid == 0:  # the helper: answer, then leave without running anything of its parent's
             status = 1
-            try:
+            try:  # a signal ends it, whatever handler its parent had set (a job's requeue on SIGUSR2)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.close(read_fd)
                 with os.fdopen(write_fd, "wb") as out:
                     pickle.dump(_measure_in_helper(data), out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -217,7 +219,7 @@ class _Helper:
             return None
         finally:
             self.close()
-        if measured is not None and len(measured[0]) != count:
+        if measured is not None and not (isinstance(measured, tuple) and len(measured[0]) == count):
             return None
         return "measured", measured
 

@@ -4,6 +4,7 @@ COCO/LVIS-scale files (transfer.data.scale) load in Detectron2 and pass the chec
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -319,3 +320,24 @@ def test_the_helper_also_runs_where_multiprocessing_allows_no_children(tmp_path)
     proc.join()
     assert summary == expected
     assert forked or len(os.sched_getaffinity(0)) < 2
+
+
+def test_a_signal_ends_the_helper_not_its_parents_handler(tmp_path, monkeypatch):
+    """The helper does not run a handler its parent set (a SLURM job's requeue on SIGUSR2): it dies,
+    and the parent measures the polygons itself."""
+    import signal
+
+    from transfer.data import coco_json
+
+    path = _file(tmp_path, "compact")
+    expected = check_coco_json(str(path), str(tmp_path), check_files=False)
+    marker = tmp_path / "handler ran"
+    monkeypatch.setattr(coco_json, "HELPER_MIN_BYTES", 0)
+    monkeypatch.setattr(coco_json, "_measure_in_helper",
+                        lambda data: (os.kill(os.getpid(), signal.SIGUSR2), time.sleep(5)))
+    previous = signal.signal(signal.SIGUSR2, lambda *_: marker.touch())
+    try:
+        assert check_coco_json(str(path), str(tmp_path), check_files=False) == expected
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert not marker.exists()
