@@ -134,6 +134,12 @@ def polygon_lists(text):
     return owner[polygon], commas[polygon[:-1]] + 1
 
 
+def _joined(texts):
+    """``(text, starts)``: the JSON texts joined into one bytearray, and where each one starts in it."""
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    return bytearray().join(texts), np.cumsum(lengths) - lengths
+
+
 def _measure_texts(raws):
     """``(lists, valid, invalid)`` of segmentation texts (``msgspec.Raw``, None where absent): per text, is
     it a list; per list, in order, its ``(valid, invalid)`` polygon counts. None where polygon lists hold
@@ -143,9 +149,7 @@ def _measure_texts(raws):
     lists = np.zeros(len(raws), bool)
     if not present:
         return lists, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    text = bytearray().join(present)
-    lengths = np.fromiter(map(len, present), np.int64, len(present))
-    starts = np.cumsum(lengths) - lengths
+    text, starts = _joined(present)
     first_is_open = np.frombuffer(text, np.uint8)[starts] == _OPEN  # first characters
     for k in np.flatnonzero(~first_is_open).tolist():  # RLE dicts, numbers, strings, null: blanked out
         start = int(starts[k])  # (whitespace goes with the numbers): what is left are the lists, in order
@@ -327,9 +331,8 @@ def _are_lists(records, key):
     if not _decoded(records):
         return np.fromiter((isinstance(v, list) for v in values), bool, len(values))
     where = np.fromiter((v is not None for v in values), bool, len(values))
-    present = list(itertools.compress(values, where))
-    lengths = np.fromiter(map(len, present), np.int64, len(present))
-    where[where] = np.frombuffer(b"".join(present), np.uint8)[np.cumsum(lengths) - lengths] == _OPEN
+    text, starts = _joined(list(itertools.compress(values, where)))
+    where[where] = np.frombuffer(text, np.uint8)[starts] == _OPEN
     return where
 
 
