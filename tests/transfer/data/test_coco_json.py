@@ -122,6 +122,20 @@ def test_truncated_file_names_the_place(tmp_path):
         read_annotation_json(str(path))
 
 
+def test_an_empty_file_is_named_and_a_mapped_read_outlives_its_file(tmp_path):
+    """An empty file cannot be mapped: it is read, and named as not JSON. A mapped read keeps the bytes it
+    decoded after the file is replaced (the polygon texts point into the mapping)."""
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"empty\.json is not valid JSON"):
+        check_coco_json(str(empty), str(tmp_path), check_files=False)
+    path = _file(tmp_path, "compact")
+    data, stats = read_annotation_json(str(path))
+    os.replace(empty, path)  # the checked file replaced, as an atomic writer does
+    assert len(stats[0]) == sum(isinstance(s, list) for s in SEGMENTATIONS)  # per polygon list
+    assert json.loads(bytes(data["annotations"][0].segmentation))[0][:3] == [1, 2, 3]
+
+
 def test_scale_files_load_in_detectron2_and_pass_the_check(tmp_path):
     from detectron2.data.datasets import load_coco_json, load_lvis_json
 
