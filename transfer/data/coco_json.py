@@ -487,7 +487,9 @@ def _read(path):
     """The file's bytes, mapped read-only where the file system allows it (the decode then reads the page
     cache itself: no copy of the file into this process, 0.2 s for COCO train with the file cached, more
     when it is not); else read. The polygon texts the decode keeps (``msgspec.Raw``) point into the mapping,
-    which lives as long as they do."""
+    which lives as long as they do. Replacing the file meanwhile (written elsewhere, then renamed) changes
+    nothing here; cutting it short in place while the check runs ends the process (SIGBUS), as it would a
+    reader of a memory-mapped file in any program."""
     try:
         with open(path, "rb") as f:
             try:
